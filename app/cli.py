@@ -1,0 +1,126 @@
+"""Command line: ``python -m app ground | parse | tiny-model``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from app.errors import ChordError
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ChordError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description="Chord: visual grounding with Qwen VL models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ground = commands.add_parser("ground", help="ground phrases in one image and print the result JSON")
+    ground.add_argument("image", help="image file")
+    ground.add_argument("phrase", nargs="+", help="one or more phrases, e.g. 'the white vase'")
+    ground.add_argument("--out", help="also write the image with boxes drawn to this file")
+    ground.add_argument("--max-new-tokens", type=int, default=None, help="override MAX_NEW_TOKENS")
+    ground.add_argument("--model", default=None, help="override MODEL_PATH")
+    ground.set_defaults(handler=_ground)
+
+    parse = commands.add_parser("parse", help="parse a raw model answer from stdin; needs no model")
+    parse.add_argument("--family", required=True, choices=["qwen-vl", "qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
+    parse.add_argument("--image-size", required=True, type=_wh, help="original image size, WxH")
+    parse.add_argument("--input-size", type=_wh, default=None, help="size the model saw, WxH (needed for qwen2.5-vl)")
+    parse.set_defaults(handler=_parse)
+
+    tiny = commands.add_parser("tiny-model", help="build a tiny random-weight Qwen2.5-VL checkpoint offline")
+    tiny.add_argument("out_dir")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--init-std", type=float, default=0.02, help="std of the random weights")
+    tiny.set_defaults(handler=_tiny_model)
+    return parser
+
+
+def _wh(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH such as 640x480, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return w, h
+
+
+def _ground(args) -> int:
+    from app.logs import configure_logging
+    from app.settings import load_settings
+
+    overrides = {k: v for k, v in {"model_path": args.model}.items() if v is not None}
+    settings = load_settings(**overrides)
+    configure_logging(settings.log_level, stream=sys.stderr)
+    logger.info("settings: %s", settings.describe())
+
+    from app.drawing import draw_result
+    from app.engine.base import GroundingRequest
+    from app.engine.transformers_engine import TransformersEngine
+    from app.fonts import label_font
+    from app.images import open_image
+    from app.prompts import clean_phrases
+
+    image = open_image(args.image)
+    engine = TransformersEngine.load(settings)
+    request = GroundingRequest(image, clean_phrases(args.phrase), max_new_tokens=args.max_new_tokens)
+    result = engine.ground([request])[0]
+    print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+    if args.out:
+        font = label_font(max(12, min(image.size) // 30))
+        draw_result(image, result.boxes, result.labels, result.scores, result.points, result.point_labels, font).save(
+            args.out
+        )
+        logger.info("annotated image written to %s", args.out)
+    return 0
+
+
+def _parse(args) -> int:
+    from app.families import Family, family_from_name
+    from app.mapping import map_answer
+    from app.parsing import parse_answer
+
+    family = family_from_name(args.family)
+    if family is Family.QWEN2_5_VL and args.input_size is None:
+        raise ValueError("qwen2.5-vl answers are in pixels of the resized input: pass --input-size WxH")
+    text = sys.stdin.read()
+    mapped = map_answer(parse_answer(text, family, args.input_size), family, args.image_size, args.input_size)
+    print(
+        json.dumps(
+            {
+                "boxes": [list(b) for b in mapped.boxes],
+                "labels": list(mapped.box_labels),
+                "points": [list(p) for p in mapped.points],
+                "point_labels": list(mapped.point_labels),
+                "image_size": list(args.image_size),
+                "input_size": None if args.input_size is None else list(args.input_size),
+                "family": family.value,
+            },
+            ensure_ascii=False,
+        )
+    )
+    return 0
+
+
+def _tiny_model(args) -> int:
+    from app.engine.tiny_checkpoint import build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(args.out_dir, seed=args.seed, init_std=args.init_std)
+    print(path)
+    return 0

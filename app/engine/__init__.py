@@ -1,0 +1,1 @@
+"""Engines turn images and phrases into grounding results. Only this package touches torch."""

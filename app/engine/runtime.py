@@ -1,0 +1,54 @@
+"""Choose device, dtype and attention kernel for the machine at hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+
+from app.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` -> cuda when available, else cpu. Asking for cuda without one is an error."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("DEVICE=cuda but no CUDA GPU is visible to torch; set DEVICE=cpu or auto")
+    return requested
+
+
+def resolve_dtype(requested: str, device: str) -> torch.dtype:
+    """bf16 on GPUs that support it, fp32 on CPU and older GPUs; fp16 only when asked, with a warning."""
+    if requested == "auto":
+        if device == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if requested == "float16":
+        logger.warning(
+            "DTYPE=float16: Qwen2.5-VL in fp16 is reported to produce NaN or '!!!!' answers "
+            "(vllm-project/vllm#13817); prefer bfloat16 or float32"
+        )
+    if requested == "bfloat16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ModelLoadError("DTYPE=bfloat16 but this GPU does not support bf16; use DTYPE=auto or float32")
+    return _DTYPES[requested]
+
+
+def resolve_attn_impl(requested: str, device: str) -> str:
+    """flash_attention_2 only when flash_attn imports and the model is on CUDA; else sdpa."""
+    flash_ok = device == "cuda" and importlib.util.find_spec("flash_attn") is not None
+    if requested == "auto":
+        return "flash_attention_2" if flash_ok else "sdpa"
+    if requested == "flash_attention_2" and not flash_ok:
+        logger.warning("ATTN_IMPL=flash_attention_2 needs flash_attn on CUDA; falling back to sdpa")
+        return "sdpa"
+    return requested
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

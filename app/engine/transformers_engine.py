@@ -1,0 +1,224 @@
+"""The in-process engine: a Qwen VL checkpoint through Hugging Face transformers.
+
+Loads exactly as a user's 7B loads (``AutoProcessor`` + ``AutoModelForImageTextToText``
+``from_pretrained``), runs one left-padded batched greedy ``generate`` per call, and turns each
+answer into a result in original-image pixels using the size the processor really resized that
+image to.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import psutil
+import torch
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, LogitsProcessor, LogitsProcessorList
+
+from app.answers import build_result
+from app.engine.base import EngineInfo, GroundingRequest
+from app.engine.runtime import dtype_name, resolve_attn_impl, resolve_device, resolve_dtype
+from app.errors import ModelLoadError
+from app.families import Family, family_from_model_type
+from app.prompts import grounding_prompt
+from app.result import GroundingResult
+from app.settings import Settings, parse_max_memory
+
+logger = logging.getLogger(__name__)
+
+
+class ChosenTokenLogprobs(LogitsProcessor):
+    """Records, at each step, the log-probability of the token greedy decoding is about to pick.
+
+    It runs last and returns the scores unchanged, so the argmax it sees is the chosen token.
+    Keeps O(batch) numbers per step instead of the full vocabulary.
+    """
+
+    def __init__(self) -> None:
+        self.logprobs: list[torch.Tensor] = []
+        self.tokens: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logprobs = torch.log_softmax(scores.float(), dim=-1)
+        best, token = logprobs.max(dim=-1)
+        self.logprobs.append(best.cpu())
+        self.tokens.append(token.cpu())
+        return scores
+
+
+class TransformersEngine:
+    """A loaded model and processor; ``ground`` is thread-compatible but not concurrent."""
+
+    def __init__(self, model, processor, family: Family, info: EngineInfo, settings: Settings):
+        self.model = model
+        self.processor = processor
+        self.family = family
+        self.info = info
+        self.settings = settings
+        self._patch_size = int(processor.image_processor.patch_size)
+        self._stop_ids = _stop_token_ids(model, processor)
+
+    @classmethod
+    def load(cls, settings: Settings) -> TransformersEngine:
+        path = settings.resolved_model_path()
+        family = _detect_family(path)
+        device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, device)
+        attn_impl = resolve_attn_impl(settings.attn_impl, device)
+        started = time.perf_counter()
+        try:
+            processor = AutoProcessor.from_pretrained(path)
+            model = AutoModelForImageTextToText.from_pretrained(
+                path,
+                dtype=dtype,
+                attn_implementation=attn_impl,
+                low_cpu_mem_usage=True,
+                **_placement(device, settings.max_memory),
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"could not load the model at MODEL_PATH={path!r}: {exc}") from exc
+        model.eval()
+        processor.tokenizer.padding_side = "left"
+        info = EngineInfo(
+            model=_model_name(path),
+            family=family,
+            device=str(model.device) if device == "cpu" else device,
+            dtype=dtype_name(dtype),
+            attn_impl=attn_impl,
+            backend="transformers",
+        )
+        logger.info(
+            "loaded %s (%s) on %s, dtype %s, attention %s, in %.1f s",
+            info.model, family.display_name, info.device, info.dtype, attn_impl, time.perf_counter() - started,
+        )  # fmt: skip
+        return cls(model, processor, family, info, settings)
+
+    def ground(self, requests: Sequence[GroundingRequest]) -> list[GroundingResult]:
+        if not requests:
+            return []
+        started = time.perf_counter()
+        inputs = self._prepare(requests)
+        input_whs = self._input_whs(inputs["image_grid_thw"])
+        limits = [r.max_new_tokens or self.settings.max_new_tokens for r in requests]
+        recorder = ChosenTokenLogprobs()
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs.to(self.model.device),
+                max_new_tokens=max(limits),
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                logits_processor=LogitsProcessorList([recorder]),
+            )
+        generated = output[:, inputs["input_ids"].shape[1] :].cpu()
+        logprobs = torch.stack(recorder.logprobs, dim=1) if recorder.logprobs else torch.zeros(len(requests), 0)
+        latency_ms = (time.perf_counter() - started) * 1000
+        results = []
+        for row, request in enumerate(requests):
+            ids = self._answer_ids(generated[row], limits[row])
+            prefixes = self._decoded_prefixes(ids)
+            results.append(
+                build_result(
+                    text=prefixes[-1] if prefixes else "",
+                    family=self.family,
+                    image_wh=request.image.size,
+                    input_wh=input_whs[row],
+                    phrases=request.phrases,
+                    model=self.info.model,
+                    latency_ms=latency_ms,
+                    token_prefixes=prefixes,
+                    token_logprobs=logprobs[row, : len(ids)].tolist(),
+                )
+            )
+        return results
+
+    def _prepare(self, requests: Sequence[GroundingRequest]):
+        texts = []
+        for request in requests:
+            prompt = grounding_prompt(request.phrases, self.family, request.prompt_template)
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            texts.append(self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        return self.processor(
+            text=texts,
+            images=[r.image for r in requests],
+            padding=True,
+            return_tensors="pt",
+            images_kwargs={
+                "size": {"shortest_edge": self.settings.min_pixels, "longest_edge": self.settings.max_pixels}
+            },
+        )
+
+    def _input_whs(self, grid_thw: torch.Tensor) -> list[tuple[int, int]]:
+        """The size each image was really resized to: its patch grid times the patch size."""
+        return [(int(w) * self._patch_size, int(h) * self._patch_size) for _, h, w in grid_thw.tolist()]
+
+    def _answer_ids(self, row: torch.Tensor, limit: int) -> list[int]:
+        ids = row.tolist()[:limit]
+        for i, token in enumerate(ids):
+            if token in self._stop_ids:
+                return ids[:i]
+        return ids
+
+    def _decoded_prefixes(self, ids: list[int]) -> list[str]:
+        """Decoded text of the first 1..n answer tokens, special tokens kept (Qwen2-VL boxes are special tokens)."""
+        if not ids:
+            return []
+        return self.processor.tokenizer.batch_decode(
+            [ids[: i + 1] for i in range(len(ids))], skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+
+
+def _detect_family(path: str) -> Family:
+    if not Path(path).exists() and not _looks_like_hub_id(path):
+        raise ModelLoadError(
+            f"MODEL_PATH {path!r} does not exist. Download a model with scripts/download_model.sh, "
+            "or set MODEL_PATH (config/chord.toml or the environment) to a checkpoint directory."
+        )
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"MODEL_PATH {path!r} is not a readable checkpoint ({exc}). It must be a directory with "
+            "config.json, the weights and the processor files, e.g. a Qwen2.5-VL-7B-Instruct download."
+        ) from None
+    try:
+        family = family_from_model_type(config.model_type)
+    except ValueError as exc:
+        raise ModelLoadError(f"MODEL_PATH {path!r}: {exc}") from None
+    if family is Family.QWEN_VL:
+        raise ModelLoadError(
+            "Qwen-VL (v1) checkpoints need trust_remote_code and are not served by Chord; "
+            "their answers can still be parsed with `python -m app parse --family qwen-vl`"
+        )
+    return family
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    """``org/name`` that is not a local folder name such as ``models/...``."""
+    org, slash, name = path.partition("/")
+    return bool(slash) and "/" not in name and org not in ("models", ".", "..", "~") and not Path(org).exists()
+
+
+def _placement(device: str, max_memory: str) -> dict:
+    if device == "cpu":
+        return {"device_map": "cpu"}
+    budget = parse_max_memory(max_memory, torch.cuda.device_count())
+    if not budget:
+        return {"device_map": "auto"}
+    budget.setdefault("cpu", f"{psutil.virtual_memory().total // 2**30}GiB")
+    return {"device_map": "auto", "max_memory": budget}
+
+
+def _stop_token_ids(model, processor) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if processor.tokenizer.pad_token_id is not None:
+        ids.add(processor.tokenizer.pad_token_id)
+    return ids
+
+
+def _model_name(path: str) -> str:
+    return Path(path).name or path

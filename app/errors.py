@@ -1,0 +1,43 @@
+"""Chord's errors: each carries an HTTP status and a stable code for the one JSON error shape."""
+
+from __future__ import annotations
+
+
+class ChordError(Exception):
+    """Base class. ``code`` is stable and documented; ``message`` is for people."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class InvalidImage(ChordError):
+    status = 400
+    code = "invalid_image"
+
+
+class InvalidRequest(ChordError):
+    status = 422
+    code = "invalid_request"
+
+
+class ModelLoadError(ChordError):
+    status = 503
+    code = "model_load_failed"
+
+
+class ModelNotReady(ChordError):
+    status = 503
+    code = "model_loading"
+
+
+class SettingsError(ChordError):
+    """A bad setting; raised at start-up, before anything serves."""
+
+    code = "invalid_setting"

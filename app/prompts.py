@@ -1,0 +1,60 @@
+"""Grounding prompt templates per family, in English and Chinese. Pure.
+
+One prompt can name several targets; the model answers them all in one generation, and each
+box carries its label. A phrase with CJK characters gets the Chinese template.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from app.families import AnswerDialect, Family
+
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+
+# {targets} is the quoted, comma-separated list of phrases.
+TEMPLATES: dict[AnswerDialect, dict[str, str]] = {
+    AnswerDialect.JSON_BBOX_2D: {
+        "en": "Locate {targets} in the image. Report every bbox_2d with its label in JSON format.",
+        "zh": "定位图中的{targets}，以JSON格式输出每个目标的bbox_2d坐标和label。",
+    },
+    AnswerDialect.SPECIAL_TOKEN_BOXES: {
+        "en": "Find the bounding box of {targets} in the image.",
+        "zh": "找出图中{targets}的边界框。",
+    },
+    AnswerDialect.REF_BOX_TAGS: {
+        "en": "Generate the bounding boxes of {targets} with grounding.",
+        "zh": "框出图中{targets}的位置。",
+    },
+}
+
+
+def is_chinese(text: str) -> bool:
+    return bool(_CJK.search(text))
+
+
+def clean_phrases(phrases: Sequence[str]) -> tuple[str, ...]:
+    """Strip whitespace and drop empty phrases; ValueError if none is left."""
+    cleaned = tuple(p.strip() for p in phrases if isinstance(p, str) and p.strip())
+    if not cleaned:
+        raise ValueError("at least one non-empty phrase is required")
+    return cleaned
+
+
+def grounding_prompt(phrases: Sequence[str], family: Family, template: str | None = None) -> str:
+    """The user prompt asking ``family`` to ground every phrase.
+
+    ``template`` overrides the built-in one; it must contain ``{targets}``.
+    """
+    cleaned = clean_phrases(phrases)
+    language = "zh" if any(is_chinese(p) for p in cleaned) else "en"
+    if template is None:
+        template = TEMPLATES[family.dialect][language]
+    if "{targets}" not in template:
+        raise ValueError("a prompt template must contain the placeholder {targets}")
+    if language == "zh":
+        targets = "、".join(f"“{p}”" for p in cleaned)
+    else:
+        targets = ", ".join(f'"{p}"' for p in cleaned)
+    return template.replace("{targets}", targets)

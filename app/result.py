@@ -1,0 +1,40 @@
+"""The one result object every front end returns: JSON-serialisable, original-image pixels."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class GroundingResult:
+    """What Chord found for one image and one set of phrases.
+
+    ``boxes`` are ``[x1, y1, x2, y2]`` integer pixels of the image that was sent (after EXIF
+    orientation), with ``labels[i]`` and ``scores[i]`` belonging to ``boxes[i]``. ``scores`` are
+    None where the backend gave no token probabilities.
+    """
+
+    boxes: list[list[int]]
+    labels: list[str]
+    scores: list[float | None]
+    points: list[list[int]]
+    point_labels: list[str]
+    text: str
+    image_size: list[int]
+    input_size: list[int] | None
+    model: str
+    latency_ms: float
+    phrases: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def above(self, score_threshold: float) -> GroundingResult:
+        """A copy keeping only boxes whose score is at least ``score_threshold`` (None scores are kept)."""
+        keep = [i for i, s in enumerate(self.scores) if s is None or s >= score_threshold]
+        return replace(
+            self,
+            boxes=[self.boxes[i] for i in keep],
+            labels=[self.labels[i] for i in keep],
+            scores=[self.scores[i] for i in keep],
+        )

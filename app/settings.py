@@ -1,0 +1,140 @@
+"""Chord's one typed settings object.
+
+Read from ``config/chord.toml`` (or the file named by ``CHORD_CONFIG``) and overridden by
+environment variables of the same name in upper case (``MODEL_PATH``, ``PORT``, ...).
+Every field has a default and a one-line description; a test fails when one is undocumented.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from app.errors import SettingsError
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config" / "chord.toml"
+# Qwen2.5-VL: one visual token per 28x28 pixels; grounding is reported to degrade at the
+# processor's 16k-token maximum, so the default keeps images near 1280 visual tokens.
+PIXELS_PER_VISUAL_TOKEN = 28 * 28
+_MEMORY_BUDGET = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
+
+
+class Settings(BaseSettings):
+    """Every knob of Chord. Environment variables override ``config/chord.toml``."""
+
+    model_config = SettingsConfigDict(extra="forbid", case_sensitive=False, validate_default=True)
+
+    model_path: str = Field(
+        "models/Qwen2.5-VL-7B-Instruct",
+        description="Checkpoint directory (relative paths are from the project root) or a hub id.",
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="Where the model runs; auto picks CUDA when present.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weights dtype; auto is bfloat16 on GPUs that support it, else float32."
+    )
+    attn_impl: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
+        "auto", description="Attention kernel; auto is flash_attention_2 when flash_attn imports on CUDA, else sdpa."
+    )
+    max_new_tokens: int = Field(512, ge=1, le=2048, description="Most tokens generated for one answer.")
+    min_pixels: int = Field(
+        4 * PIXELS_PER_VISUAL_TOKEN, ge=PIXELS_PER_VISUAL_TOKEN, description="Smallest image area (pixels) fed to the model."
+    )
+    max_pixels: int = Field(
+        1280 * PIXELS_PER_VISUAL_TOKEN, ge=PIXELS_PER_VISUAL_TOKEN, description="Largest image area (pixels) fed to the model."
+    )
+    max_memory: str = Field(
+        "", description="Per-device memory budget for offload, e.g. '20GiB' or '0=20GiB,cpu=64GiB'; empty = no limit."
+    )
+    host: str = Field("127.0.0.1", description="Address the server binds.")
+    port: int = Field(7860, ge=1, le=65535, description="Port the server listens on.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
+
+    @field_validator("max_memory")
+    @classmethod
+    def _check_max_memory(cls, value: str) -> str:
+        parse_max_memory(value, cuda_devices=1)
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value):
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_pixel_range(self) -> Settings:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) must not exceed max_pixels ({self.max_pixels})")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = Path(os.environ.get("CHORD_CONFIG", DEFAULT_CONFIG_FILE))
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file)
+
+    def resolved_model_path(self) -> str:
+        """``model_path`` with a relative local path made absolute from the project root."""
+        path = Path(self.model_path).expanduser()
+        if not path.is_absolute() and (PROJECT_ROOT / path).exists():
+            return str(PROJECT_ROOT / path)
+        return str(path)
+
+    def describe(self) -> str:
+        return ", ".join(f"{name}={value!r}" for name, value in self.model_dump().items())
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from config file and environment; SettingsError naming the key and allowed values."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "settings"
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f"={value!r}"
+            problems.append(f"{key.upper()}{shown}: {err['msg']}")
+        source = os.environ.get("CHORD_CONFIG", str(DEFAULT_CONFIG_FILE))
+        raise SettingsError(f"invalid setting ({source} or environment): " + "; ".join(problems)) from None
+
+
+def parse_max_memory(text: str, cuda_devices: int) -> dict[int | str, str]:
+    """``'20GiB'`` (each GPU) or ``'0=20GiB,1=20GiB,cpu=64GiB'`` -> accelerate's ``max_memory`` dict."""
+    text = text.strip()
+    if not text:
+        return {}
+    if "=" not in text:
+        _check_budget(text)
+        return {i: text for i in range(cuda_devices)}
+    budget: dict[int | str, str] = {}
+    for part in text.split(","):
+        device, _, amount = part.partition("=")
+        device, amount = device.strip(), amount.strip()
+        _check_budget(amount)
+        if device == "cpu":
+            budget["cpu"] = amount
+        elif device.isdigit():
+            budget[int(device)] = amount
+        else:
+            raise ValueError(f"max_memory device must be a GPU index or 'cpu', got {device!r}")
+    return budget
+
+
+def _check_budget(amount: str) -> None:
+    if not _MEMORY_BUDGET.match(amount):
+        raise ValueError(f"max_memory amount must look like '20GiB' or '500MB', got {amount!r}")
