@@ -45,7 +45,10 @@ def draw_result(
     for i, (box, label) in enumerate(zip(boxes, labels, strict=True)):
         colour = colour_for(label)
         x1, y1, x2, y2 = box
-        draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=colour, width=width)
+        if min(x2 - x1, y2 - y1) <= 2 * width:  # too small for an outline: fill it
+            draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=colour)
+        else:
+            draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=colour, width=width)
         caption = _caption(label, None if scores is None else scores[i])
         if caption:
             _draw_caption(draw, canvas.size, (x1, y1), caption, colour, font)

@@ -39,9 +39,7 @@ def span_scores(
         raise ValueError(f"{len(token_spans)} token spans but {len(token_logprobs)} log-probabilities")
     scores: list[float | None] = []
     for start, end in item_spans:
-        overlapping = [
-            lp for (t0, t1), lp in zip(token_spans, token_logprobs, strict=True) if t0 < end and t1 > start
-        ]
+        overlapping = [lp for (t0, t1), lp in zip(token_spans, token_logprobs, strict=True) if t0 < end and t1 > start]
         if not overlapping:
             scores.append(None)
             continue

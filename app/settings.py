@@ -37,7 +37,9 @@ class Settings(BaseSettings):
         "models/Qwen2.5-VL-7B-Instruct",
         description="Checkpoint directory (relative paths are from the project root) or a hub id.",
     )
-    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="Where the model runs; auto picks CUDA when present.")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="Where the model runs; auto picks CUDA when present."
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weights dtype; auto is bfloat16 on GPUs that support it, else float32."
     )
@@ -46,10 +48,14 @@ class Settings(BaseSettings):
     )
     max_new_tokens: int = Field(512, ge=1, le=2048, description="Most tokens generated for one answer.")
     min_pixels: int = Field(
-        4 * PIXELS_PER_VISUAL_TOKEN, ge=PIXELS_PER_VISUAL_TOKEN, description="Smallest image area (pixels) fed to the model."
+        4 * PIXELS_PER_VISUAL_TOKEN,
+        ge=PIXELS_PER_VISUAL_TOKEN,
+        description="Smallest image area (pixels) fed to the model.",
     )
     max_pixels: int = Field(
-        1280 * PIXELS_PER_VISUAL_TOKEN, ge=PIXELS_PER_VISUAL_TOKEN, description="Largest image area (pixels) fed to the model."
+        1280 * PIXELS_PER_VISUAL_TOKEN,
+        ge=PIXELS_PER_VISUAL_TOKEN,
+        description="Largest image area (pixels) fed to the model.",
     )
     max_memory: str = Field(
         "", description="Per-device memory budget for offload, e.g. '20GiB' or '0=20GiB,cpu=64GiB'; empty = no limit."

@@ -1,0 +1,133 @@
+"""The transformers engine on a tiny Qwen2.5-VL loaded through the same from_pretrained path as a 7B."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.answers import build_result
+from app.engine.base import GroundingRequest
+from app.engine.transformers_engine import TransformersEngine
+from app.errors import ModelLoadError
+from app.families import Family
+from app.settings import load_settings
+
+SIZES = [(64, 64), (300, 100), (120, 500), (640, 480), (1, 1), (10, 300)]
+PHRASES = ["the red circle", "蓝色的正方形", "all traffic lights", "the white vase", "图中穿蓝色衬衫的男人", "cup"]
+
+
+def noise_image(wh, seed):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (wh[1], wh[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def requests_of_mixed_sizes():
+    return [GroundingRequest(noise_image(wh, i), (p,)) for i, (wh, p) in enumerate(zip(SIZES, PHRASES, strict=True))]
+
+
+def test_tiny_checkpoint_loads_as_qwen2_5_vl_on_cpu(tiny_engine, tiny_checkpoint):
+    assert tiny_engine.family is Family.QWEN2_5_VL
+    assert tiny_engine.info.device == "cpu" and tiny_engine.info.dtype == "float32"
+    assert tiny_engine.info.attn_impl == "sdpa"
+    assert type(tiny_engine.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert json.loads((Path(tiny_checkpoint) / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+    assert sum(p.numel() for p in tiny_engine.model.parameters()) < 1_000_000
+
+
+def test_batch_of_mixed_sizes_gives_each_request_its_own_answer(tiny_engine, requests_of_mixed_sizes):
+    assert tiny_engine.processor.tokenizer.padding_side == "left"
+    batched = tiny_engine.ground(requests_of_mixed_sizes)
+    alone = [tiny_engine.ground([r])[0] for r in requests_of_mixed_sizes]
+    assert [r.text for r in batched] == [r.text for r in alone]
+    assert len({r.text for r in batched}) == len(batched), "different images and phrases give different answers"
+    for request, result in zip(requests_of_mixed_sizes, batched, strict=True):
+        assert result.image_size == list(request.image.size)
+        w, h = result.input_size
+        assert w % 28 == 0 and h % 28 == 0
+        assert result.phrases == list(request.phrases)
+        json.dumps(result.to_dict())  # serialisable
+
+
+def test_input_size_is_the_processors_resize(tiny_engine):
+    result = tiny_engine.ground([GroundingRequest(noise_image((640, 480), 0), ("x",))])[0]
+    # MAX_PIXELS = 64 visual tokens of 28x28: 640x480 shrinks to 252x168 (9x6 tokens of 28 px = 54 <= 64).
+    assert result.input_size == [252, 168]
+
+
+def test_scores_are_token_probabilities(tiny_engine):
+    request = GroundingRequest(noise_image((200, 200), 3), ("dog",))
+    inputs = tiny_engine._prepare([request])
+    prompt_len = inputs["input_ids"].shape[1]
+    import torch
+
+    with torch.inference_mode():
+        out = tiny_engine.model.generate(**inputs, max_new_tokens=5, do_sample=False, output_logits=True,
+                                         return_dict_in_generate=True)  # fmt: skip
+    first_token = out.sequences[0, prompt_len]
+    expected = torch.log_softmax(out.logits[0][0].float(), -1)[first_token].exp().item()
+    # Ask the engine's own recorder for the same step.
+    from transformers import LogitsProcessorList
+
+    from app.engine.transformers_engine import ChosenTokenLogprobs
+
+    recorder = ChosenTokenLogprobs()
+    with torch.inference_mode():
+        tiny_engine.model.generate(**inputs, max_new_tokens=5, do_sample=False,
+                                   logits_processor=LogitsProcessorList([recorder]))  # fmt: skip
+    assert recorder.tokens[0][0].item() == first_token.item()
+    assert recorder.logprobs[0][0].exp().item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_json_answer_gets_scores_between_zero_and_one():
+    text = '[{"bbox_2d": [10, 20, 30, 40], "label": "a"}]'
+    prefixes = [text[: i + 1] for i in range(len(text))]
+    logprobs = [-0.1] * len(text)
+    result = build_result(text, Family.QWEN2_5_VL, (100, 100), (50, 50), ["a"], "m", 1.0, prefixes, logprobs)
+    assert result.boxes == [[20, 40, 60, 80]] and result.labels == ["a"]
+    assert result.scores == [pytest.approx(0.9048, abs=1e-4)]
+
+
+def test_per_request_max_new_tokens_is_respected(tiny_engine):
+    image = noise_image((100, 100), 5)
+    short, long = tiny_engine.ground(
+        [GroundingRequest(image, ("a",), max_new_tokens=3), GroundingRequest(image, ("a",), max_new_tokens=20)]
+    )
+    import torch
+
+    inputs = tiny_engine._prepare([GroundingRequest(image, ("a",))])
+    with torch.inference_mode():
+        three = tiny_engine.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    expected = tiny_engine.processor.tokenizer.decode(three[0, inputs["input_ids"].shape[1] :])
+    assert short.text == expected
+    assert len(short.text) < len(long.text)
+
+
+@pytest.mark.parametrize(
+    ("model_path", "message"),
+    [
+        ("/no/such/checkpoint", "does not exist"),
+        ("models/not-downloaded", "does not exist"),
+    ],
+)
+def test_missing_model_path_names_the_path_and_the_fix(model_path, message):
+    with pytest.raises(ModelLoadError) as info:
+        TransformersEngine.load(load_settings(model_path=model_path, device="cpu"))
+    assert model_path.split("/")[-1] in info.value.message and message in info.value.message
+    assert "MODEL_PATH" in info.value.message
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="not a readable checkpoint"):
+        TransformersEngine.load(load_settings(model_path=str(tmp_path), device="cpu"))
+
+
+def test_non_qwen_checkpoint_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelLoadError, match="not a supported Qwen VL family"):
+        TransformersEngine.load(load_settings(model_path=str(tmp_path), device="cpu"))
