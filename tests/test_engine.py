@@ -131,3 +131,19 @@ def test_non_qwen_checkpoint_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ModelLoadError, match="not a supported Qwen VL family"):
         TransformersEngine.load(load_settings(model_path=str(tmp_path), device="cpu"))
+
+
+@pytest.mark.parametrize(
+    ("settings_range", "checkpoint_range", "expected"),
+    [
+        ((3136, 1003520), (3136, 12845056), (3136, 1003520)),  # a real Qwen2.5-VL: MAX_PIXELS applies
+        ((3136, 1003520), (3136, 50176), (3136, 50176)),  # a small checkpoint keeps its own limit
+        ((200_000, 1003520), (3136, 50176), (50176, 50176)),  # MIN_PIXELS above it: the checkpoint wins
+    ],
+)
+def test_pixel_range_narrows_to_the_checkpoint(settings_range, checkpoint_range, expected):
+    from app.engine.transformers_engine import effective_pixel_range
+
+    settings = load_settings(min_pixels=settings_range[0], max_pixels=settings_range[1])
+    size = {"shortest_edge": checkpoint_range[0], "longest_edge": checkpoint_range[1]}
+    assert effective_pixel_range(settings, size) == expected

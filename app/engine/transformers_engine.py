@@ -59,6 +59,7 @@ class TransformersEngine:
         self.settings = settings
         self._patch_size = int(processor.image_processor.patch_size)
         self._stop_ids = _stop_token_ids(model, processor)
+        self.pixel_range = effective_pixel_range(settings, processor.image_processor.size)
 
     @classmethod
     def load(cls, settings: Settings) -> TransformersEngine:
@@ -146,9 +147,7 @@ class TransformersEngine:
             images=[r.image for r in requests],
             padding=True,
             return_tensors="pt",
-            images_kwargs={
-                "size": {"shortest_edge": self.settings.min_pixels, "longest_edge": self.settings.max_pixels}
-            },
+            images_kwargs={"size": {"shortest_edge": self.pixel_range[0], "longest_edge": self.pixel_range[1]}},
         )
 
     def _input_whs(self, grid_thw: torch.Tensor) -> list[tuple[int, int]]:
@@ -169,6 +168,17 @@ class TransformersEngine:
         return self.processor.tokenizer.batch_decode(
             [ids[: i + 1] for i in range(len(ids))], skip_special_tokens=False, clean_up_tokenization_spaces=False
         )
+
+
+def effective_pixel_range(settings: Settings, checkpoint_size: dict) -> tuple[int, int]:
+    """MIN_PIXELS/MAX_PIXELS narrowed to the checkpoint's own processor range, never widened past it.
+
+    A real Qwen2.5-VL allows up to 16k visual tokens, so MAX_PIXELS (1280 tokens) applies; a small
+    checkpoint trained at low resolution keeps its own, smaller limit.
+    """
+    lo = max(settings.min_pixels, int(checkpoint_size.get("shortest_edge") or 0))
+    hi = min(settings.max_pixels, int(checkpoint_size.get("longest_edge") or settings.max_pixels))
+    return min(lo, hi), hi
 
 
 def _detect_family(path: str) -> Family:
