@@ -14,5 +14,6 @@ bash scripts/install_test_packages.sh
 export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 "$PY" -m ruff check app tests scripts
 "$PY" -m ruff format --check app tests scripts
+shellcheck install.sh .ci/run scripts/*.sh scripts/chordctl
 "$PY" -c "import app.cli, app.engine.transformers_engine" && echo "import smoke test OK"
 "$PY" -m pytest "$@"

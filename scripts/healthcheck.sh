@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Chord's health-and-restart loop, run by Supervisor as [program:chord-watchdog].
+#
+# Every WATCHDOG_INTERVAL seconds it asks GET /health (curl --max-time WATCHDOG_TIMEOUT):
+#   200                              healthy
+#   503 "loading" within the grace   not a failure (the model is still loading)
+#   anything else, or no answer      a failure
+# After WATCHDOG_FAILURES failures in a row it runs `supervisorctl restart chord`. When Supervisor
+# reports chord STOPPED, EXITED or FATAL (and no one paused the watchdog) it starts it again.
+# At most WATCHDOG_MAX_RESTARTS restarts/starts per WATCHDOG_WINDOW seconds: past that it logs
+# loudly and stops acting until the window frees up, so a crash loop does not flap forever.
+# `touch run/watchdog.paused` pauses it (chordctl pause/resume), for deliberate maintenance.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -f "$ROOT/run/chord.env" ]]; then
+  set -a
+  # shellcheck disable=SC1091
+  . "$ROOT/run/chord.env"
+  set +a
+fi
+
+INTERVAL="${WATCHDOG_INTERVAL:-5}"          # seconds between checks
+TIMEOUT="${WATCHDOG_TIMEOUT:-3}"            # curl --max-time for one check
+FAILURES="${WATCHDOG_FAILURES:-3}"          # failures in a row before a restart
+GRACE="${WATCHDOG_GRACE:-600}"              # seconds after a start during which "loading" is fine
+MAX_RESTARTS="${WATCHDOG_MAX_RESTARTS:-5}"  # restart budget ...
+WINDOW="${WATCHDOG_WINDOW:-3600}"           # ... per this many seconds
+PROGRAM="${WATCHDOG_PROGRAM:-chord}"
+PAUSE_FILE="$ROOT/run/watchdog.paused"
+read -r -a SUPERVISORCTL <<<"${SUPERVISORCTL:-$ROOT/.venv/bin/supervisorctl -c $ROOT/supervisor/supervisord.conf}"
+
+log() { printf '%s watchdog: %s\n' "$(date '+%Y-%m-%dT%H:%M:%S%z')" "$*"; }
+
+read -r HOST PORT < <("$ROOT/.venv/bin/python" -c \
+  'from app.settings import load_settings; s = load_settings(); print(s.host, s.port)' 2>/dev/null || echo "127.0.0.1 7860")
+case "$HOST" in 0.0.0.0|"") HOST=127.0.0.1 ;; ::) HOST="[::1]" ;; esac
+URL="http://$HOST:$PORT/health"
+
+failures=0
+restarts=()          # epoch seconds of recent restarts
+budget_warned=0
+
+# Seconds the program has been up, from "RUNNING pid 1, uptime 1 day, 0:02:03"; empty if unknown.
+uptime_seconds() {
+  local line="$1" days=0 hms h m s
+  [[ "$line" =~ uptime\ ([0-9]+)\ days?,\ ([0-9:]+) ]] && { days="${BASH_REMATCH[1]}"; hms="${BASH_REMATCH[2]}"; }
+  [[ -z "${hms:-}" && "$line" =~ uptime\ ([0-9:]+) ]] && hms="${BASH_REMATCH[1]}"
+  [[ -z "${hms:-}" ]] && return
+  IFS=: read -r h m s <<<"$hms"
+  echo $((days * 86400 + 10#$h * 3600 + 10#$m * 60 + 10#$s))
+}
+
+# True while the budget allows another restart; prunes restarts older than the window.
+budget_allows() {
+  local now kept=() t
+  now=$(date +%s)
+  for t in "${restarts[@]}"; do ((now - t < WINDOW)) && kept+=("$t"); done
+  restarts=("${kept[@]}")
+  if ((${#restarts[@]} >= MAX_RESTARTS)); then
+    if ((budget_warned == 0)); then
+      log "RESTART BUDGET EXHAUSTED: ${#restarts[@]} restarts in the last ${WINDOW}s (max $MAX_RESTARTS)." \
+        "Not restarting $PROGRAM until the window frees up. Look at logs/chord.log and fix the cause."
+      budget_warned=1
+    fi
+    return 1
+  fi
+  budget_warned=0
+  return 0
+}
+
+act() {  # act start|restart REASON
+  local verb="$1" reason="$2"
+  budget_allows || return
+  restarts+=("$(date +%s)")
+  log "$verb $PROGRAM ($reason); restart ${#restarts[@]} of $MAX_RESTARTS in ${WINDOW}s"
+  [[ "$verb" == restart ]] && "${SUPERVISORCTL[@]}" signal CONT "$PROGRAM" >/dev/null 2>&1  # a stopped (hung) process must wake to die
+  "${SUPERVISORCTL[@]}" "$verb" "$PROGRAM" 2>&1 | while read -r out; do log "supervisorctl: $out"; done
+  failures=0
+}
+
+log "watching $URL every ${INTERVAL}s (timeout ${TIMEOUT}s, restart after $FAILURES failures," \
+  "grace ${GRACE}s, budget $MAX_RESTARTS per ${WINDOW}s)"
+while true; do
+  sleep "$INTERVAL"
+  if [[ -e "$PAUSE_FILE" ]]; then
+    continue
+  fi
+  status_line=$("${SUPERVISORCTL[@]}" status "$PROGRAM" 2>&1)
+  state=$(awk '{print $2}' <<<"$status_line")
+  case "$state" in
+    STOPPED | EXITED | FATAL)
+      act start "supervisor reports $state"
+      continue
+      ;;
+    RUNNING | STARTING) ;;
+    *)  # BACKOFF, STOPPING or supervisord unreachable: Supervisor is already acting
+      continue
+      ;;
+  esac
+  body=$(curl -s --max-time "$TIMEOUT" -w '\n%{http_code}' "$URL" 2>/dev/null)
+  code="${body##*$'\n'}"
+  if [[ "$code" == 200 ]]; then
+    ((failures > 0)) && log "$PROGRAM healthy again after $failures failed checks"
+    failures=0
+    continue
+  fi
+  up=$(uptime_seconds "$status_line")
+  if [[ "$code" == 503 && "$body" == *'"loading"'* && ( "$state" == STARTING || ( -n "$up" && "$up" -lt "$GRACE" ) ) ]]; then
+    continue  # still loading the model, within the grace period
+  fi
+  failures=$((failures + 1))
+  log "health check failed ($failures/$FAILURES): HTTP ${code:-none} from $URL"
+  if ((failures >= FAILURES)); then
+    act restart "$failures failed health checks in a row"
+  fi
+done

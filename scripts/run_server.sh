@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# What Supervisor runs: load the overrides `chordctl start` saved, then exec the server in place.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -f "$ROOT/run/chord.env" ]]; then
+  set -a
+  # shellcheck disable=SC1091
+  . "$ROOT/run/chord.env"
+  set +a
+fi
+exec "$ROOT/.venv/bin/python" -m app serve
