@@ -45,6 +45,13 @@ class EngineInfo:
 
 
 class Engine(Protocol):
+    """What the scheduler, server and CLI need from a backend.
+
+    An engine may also offer ``prepare(requests)`` and ``generate(requests, prepared)`` (with
+    ``ground == generate(prepare(...))``): the batching scheduler then prepares the next batch
+    while the current one generates.
+    """
+
     info: EngineInfo
 
     def ground(self, requests: Sequence[GroundingRequest]) -> list[GroundingResult]:

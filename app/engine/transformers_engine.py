@@ -11,11 +11,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    BatchFeature,
+    LogitsProcessor,
+    LogitsProcessorList,
+)
 
 from app.answers import build_result
 from app.engine.base import EngineInfo, GroundingRequest
@@ -46,6 +54,14 @@ class ChosenTokenLogprobs(LogitsProcessor):
         self.logprobs.append(best.cpu())
         self.tokens.append(token.cpu())
         return scores
+
+
+@dataclass
+class PreparedBatch:
+    """Processor output for one batch, and when its preparation started."""
+
+    inputs: BatchFeature
+    started: float
 
 
 class TransformersEngine:
@@ -99,8 +115,16 @@ class TransformersEngine:
     def ground(self, requests: Sequence[GroundingRequest]) -> list[GroundingResult]:
         if not requests:
             return []
+        return self.generate(requests, self.prepare(requests))
+
+    def prepare(self, requests: Sequence[GroundingRequest]) -> PreparedBatch:
+        """Processor work (prompt, resize, patches, padding); runs while another batch generates."""
         started = time.perf_counter()
-        inputs = self._prepare(requests)
+        return PreparedBatch(self._prepare(requests), started)
+
+    def generate(self, requests: Sequence[GroundingRequest], prepared: PreparedBatch) -> list[GroundingResult]:
+        """One left-padded batched greedy generation; a result per request, in order."""
+        inputs = prepared.inputs
         input_whs = self._input_whs(inputs["image_grid_thw"])
         limits = [r.max_new_tokens or self.settings.max_new_tokens for r in requests]
         recorder = ChosenTokenLogprobs()
@@ -116,7 +140,7 @@ class TransformersEngine:
             )
         generated = output[:, inputs["input_ids"].shape[1] :].cpu()
         logprobs = torch.stack(recorder.logprobs, dim=1) if recorder.logprobs else torch.zeros(len(requests), 0)
-        latency_ms = (time.perf_counter() - started) * 1000
+        latency_ms = (time.perf_counter() - prepared.started) * 1000
         results = []
         for row, request in enumerate(requests):
             ids = self._answer_ids(generated[row], limits[row])
