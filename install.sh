@@ -34,6 +34,7 @@ if [[ -z "${BASH_SOURCE[0]:-}" || ! -d "$(dirname "${BASH_SOURCE[0]}")/app" ]]; 
 fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
 VENV="$ROOT/.venv"
 PYTHON="${PYTHON:-python3}"
 MODEL="Qwen/Qwen2.5-VL-7B-Instruct"

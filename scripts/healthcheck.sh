@@ -13,6 +13,7 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 1
 if [[ -f "$ROOT/run/chord.env" ]]; then
   set -a
   # shellcheck disable=SC1091

@@ -1,0 +1,177 @@
+"""Stay up 24x7: real supervisord from the project's conf, real processes, killed for real.
+
+Each stack runs in a temp "installation" (supervisor/, scripts/ copied; app/ and .venv linked),
+so its logs/ and run/ never touch the checkout. Times are printed (pytest -s shows them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    def __init__(self, home: Path, env: dict[str, str]):
+        self.home = home
+        for folder in ("supervisor", "scripts"):
+            shutil.copytree(ROOT / folder, home / folder)
+        for link in ("app", "config", ".venv"):
+            (home / link).symlink_to(ROOT / link)
+        self.env = {**os.environ, **env}
+        self.port = int(env["PORT"])
+
+    def chordctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(self.home / "scripts" / "chordctl"), *args],
+            env=self.env, capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+
+    def health(self) -> int | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code
+        except httpx.HTTPError:
+            return None
+
+    def pid(self) -> int:
+        out = self.chordctl("ctl", "pid", "chord").stdout.strip()
+        return int(out) if out.isdigit() else 0
+
+    def state(self) -> str:
+        line = self.chordctl("ctl", "status", "chord").stdout.split()
+        return line[1] if len(line) > 1 else ""
+
+    def wait_healthy(self, timeout: float, other_than_pid: int = 0) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.health() == 200 and self.pid() not in (0, other_than_pid):
+                return time.monotonic() - started
+            time.sleep(0.2)
+        raise AssertionError(f"not healthy within {timeout} s; log:\n{self.log('chord')[-3000:]}")
+
+    def log(self, name: str) -> str:
+        path = self.home / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def listening(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+
+def watchdog_env(**overrides) -> dict[str, str]:
+    env = {
+        "WATCHDOG_INTERVAL": "1",
+        "WATCHDOG_TIMEOUT": "2",
+        "WATCHDOG_FAILURES": "3",
+        "WATCHDOG_GRACE": "60",
+        "WATCHDOG_MAX_RESTARTS": "3",
+        "WATCHDOG_WINDOW": "600",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_checkpoint, tmp_path_factory):
+    env = {"MODEL_PATH": tiny_checkpoint, "PORT": str(free_port()), "DEVICE": "cpu", "MAX_NEW_TOKENS": "16"}
+    stack = Stack(tmp_path_factory.mktemp("chord-install"), {**env, **watchdog_env()})
+    started = time.monotonic()
+    out = stack.chordctl("start")
+    assert out.returncode == 0, out.stderr
+    stack.load_seconds = stack.wait_healthy(120)
+    print(f"\nfirst start: healthy {time.monotonic() - started:.1f} s after chordctl start")
+    yield stack
+    stack.chordctl("stop")
+
+
+def test_status_reports_running(stack):
+    out = stack.chordctl("status")
+    assert out.returncode == 0 and "chord " in out.stdout and "RUNNING" in out.stdout
+    assert "chord-watchdog" in out.stdout
+
+
+def test_kill_9_comes_back_within_load_time_plus_5_s(stack):
+    pid = stack.pid()
+    os.kill(pid, signal.SIGKILL)
+    took = stack.wait_healthy(stack.load_seconds + 5 + 30, other_than_pid=pid)
+    print(f"\nkill -9: /health 200 again after {took:.1f} s (load time {stack.load_seconds:.1f} s)")
+    assert took <= stack.load_seconds + 5
+    assert "Address already in use" not in stack.log("chord")
+
+
+def test_a_hung_server_is_restarted_by_the_watchdog_within_30_s(stack):
+    pid = stack.pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        took = stack.wait_healthy(60, other_than_pid=pid)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    print(f"\nkill -STOP: restarted and healthy after {took:.1f} s")
+    assert took <= 30
+    assert "restart chord" in stack.log("watchdog")
+
+
+def test_logs_and_health_commands(stack):
+    assert "GET" in stack.chordctl("health").stdout or "HTTP 200" in stack.chordctl("health").stdout
+    assert stack.chordctl("logs", "watchdog").returncode == 0
+
+
+def test_restart_with_new_settings_swaps_them(stack):
+    out = subprocess.run(
+        [str(stack.home / "scripts" / "chordctl"), "restart"],
+        env={**stack.env, "MAX_NEW_TOKENS": "8"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "MAX_NEW_TOKENS=8" in (stack.home / "run" / "chord.env").read_text()
+    stack.wait_healthy(60)
+
+
+def test_stop_leaves_nothing_listening(stack):
+    assert stack.listening()
+    out = stack.chordctl("stop")
+    assert out.returncode == 0, out.stderr
+    assert not stack.listening()
+    leftovers = subprocess.run(["pgrep", "-f", str(stack.home)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], f"processes left: {leftovers}"
+    assert stack.chordctl("status").returncode != 0
+
+
+def test_a_missing_model_ends_fatal_with_the_cause_and_the_watchdog_keeps_its_budget(tmp_path):
+    env = {"MODEL_PATH": str(tmp_path / "no-such-model"), "PORT": str(free_port()), "DEVICE": "cpu"}
+    stack = Stack(tmp_path / "install", {**env, **watchdog_env(WATCHDOG_MAX_RESTARTS="2")})
+    assert stack.chordctl("start").returncode == 0
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and "RESTART BUDGET EXHAUSTED" not in stack.log("watchdog"):
+            time.sleep(1)
+        watchdog = stack.log("watchdog")
+        assert "RESTART BUDGET EXHAUSTED" in watchdog, watchdog
+        time.sleep(8)  # a budget-exhausted watchdog does nothing more
+        while stack.state() in ("STARTING", "BACKOFF"):
+            time.sleep(1)
+        assert stack.state() == "FATAL"
+        starts = stack.log("watchdog").count("start chord (supervisor reports FATAL)")
+        print(f"\nmissing model: FATAL, watchdog started it {starts} times, then stopped (budget 2)")
+        assert starts == 2
+        assert "does not exist" in stack.log("chord") and "no-such-model" in stack.log("chord")
+    finally:
+        stack.chordctl("stop")
