@@ -1,0 +1,224 @@
+"""Load benchmark over the real HTTP API: batched server vs the naive one, side by side.
+
+    python scripts/bench_load.py --model /path/to/checkpoint --clients 16 --requests 160
+    python scripts/bench_load.py --url http://127.0.0.1:7860 --clients 16 --duration 30
+
+With ``--model`` it starts the server twice on free local ports (MAX_BATCH_SIZE as given, then
+MAX_BATCH_SIZE=1: the naive one-at-a-time server), applies the same load to each and prints
+req/s, p50/p95/p99 latency, errors by type, the server's own overhead over the engine's time
+(sequential requests: client latency minus the result's latency_ms) and the throughput ratio.
+With ``--url`` it measures one running server. Writes everything to ``--out`` as JSON.
+Only loopback addresses are used; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+PHRASES = ["the red circle", "the blue square", "红色的圆形", "all yellow triangles", "the green square"]
+
+
+def make_images(count: int, seed: int = 0) -> list[bytes]:
+    """Varied PNG scenes (sizes and colours), so batches mix image sizes as real traffic does."""
+    rng = random.Random(seed)
+    images = []
+    for _ in range(count):
+        w, h = rng.randint(160, 640), rng.randint(160, 640)
+        image = Image.new("RGB", (w, h), tuple(rng.randint(110, 210) for _ in range(3)))
+        draw = ImageDraw.Draw(image)
+        for _ in range(rng.randint(1, 3)):
+            s = rng.randint(20, min(w, h) // 3)
+            x, y = rng.randint(0, w - s), rng.randint(0, h - s)
+            draw.ellipse((x, y, x + s, y + s), fill=tuple(rng.randint(0, 255) for _ in range(3)))
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        images.append(buffer.getvalue())
+    return images
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+async def one_request(
+    client: httpx.AsyncClient, url: str, image: bytes, phrase: str
+) -> tuple[float, float | None, str]:
+    started = time.perf_counter()
+    try:
+        response = await client.post(
+            f"{url}/api/ground", files={"image": ("scene.png", image, "image/png")}, data={"prompt": phrase}
+        )
+    except httpx.HTTPError as exc:
+        return (time.perf_counter() - started) * 1000, None, type(exc).__name__
+    elapsed = (time.perf_counter() - started) * 1000
+    if response.status_code != 200:
+        try:
+            code = response.json()["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            code = "unparsed"
+        return elapsed, None, f"{response.status_code} {code}"
+    return elapsed, float(response.json()["latency_ms"]), "ok"
+
+
+async def run_load(url: str, clients: int, requests: int, duration: float, images: list[bytes]) -> dict:
+    """``clients`` concurrent clients, each sending back-to-back, until ``requests`` or ``duration``."""
+    latencies: list[float] = []
+    outcomes: Counter[str] = Counter()
+    sent = 0
+    deadline = time.monotonic() + duration
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client_loop(client: httpx.AsyncClient, index: int) -> None:
+        nonlocal sent
+        while sent < requests and time.monotonic() < deadline:
+            n = sent
+            sent += 1
+            elapsed, _, outcome = await one_request(client, url, images[n % len(images)], PHRASES[n % len(PHRASES)])
+            outcomes[outcome] += 1
+            if outcome == "ok":
+                latencies.append(elapsed)
+
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client, i) for i in range(clients)))
+        wall = time.perf_counter() - started
+    ok = outcomes.get("ok", 0)
+    return {
+        "clients": clients,
+        "sent": sent,
+        "ok": ok,
+        "errors": {k: v for k, v in outcomes.items() if k != "ok"},
+        "wall_s": round(wall, 2),
+        "req_per_s": round(ok / wall, 2) if wall else 0.0,
+        "p50_ms": round(percentile(latencies, 50), 1),
+        "p95_ms": round(percentile(latencies, 95), 1),
+        "p99_ms": round(percentile(latencies, 99), 1),
+    }
+
+
+async def measure_overhead(url: str, count: int, images: list[bytes]) -> dict:
+    """Sequential requests: how much the HTTP + server plumbing adds over the engine's own time."""
+    overheads = []
+    async with httpx.AsyncClient(timeout=300) as client:
+        for n in range(count):
+            elapsed, engine_ms, outcome = await one_request(client, url, images[n % len(images)], PHRASES[0])
+            if outcome == "ok" and engine_ms is not None:
+                overheads.append(elapsed - engine_ms)
+    return {"requests": len(overheads), "p50_ms": round(percentile(overheads, 50), 1)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m app serve`` on a free loopback port, with extra settings in its environment."""
+
+    def __init__(self, model: str, settings: dict[str, str]):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "MODEL_PATH": model, "HOST": "127.0.0.1", "PORT": str(self.port), **settings}
+        env.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+        self.log = open(os.devnull, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen([sys.executable, "-m", "app", "serve"], cwd=ROOT, env=env,
+                                        stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"the server was not ready within {timeout} s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def bench_one(url: str, args, images: list[bytes]) -> dict:
+    asyncio.run(run_load(url, min(args.clients, 4), min(8, args.requests), args.duration, images))  # warm-up
+    return {
+        "load": asyncio.run(run_load(url, args.clients, args.requests, args.duration, images)),
+        "overhead": asyncio.run(measure_overhead(url, args.overhead_requests, images)),
+    }
+
+
+def print_row(name: str, result: dict) -> None:
+    load, overhead = result["load"], result["overhead"]
+    print(
+        f"{name:<10} {load['req_per_s']:>8.2f} req/s  p50 {load['p50_ms']:>8.1f} ms  p95 {load['p95_ms']:>8.1f} ms"
+        f"  p99 {load['p99_ms']:>8.1f} ms  ok {load['ok']}/{load['sent']}  errors {load['errors'] or 0}"
+        f"  overhead p50 {overhead['p50_ms']:.1f} ms"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", help="checkpoint: start batched and naive servers on it")
+    target.add_argument("--url", help="measure this running server only")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=160, help="requests per phase")
+    parser.add_argument("--duration", type=float, default=120, help="seconds per phase, at most")
+    parser.add_argument("--overhead-requests", type=int, default=20)
+    parser.add_argument("--batch-size", default="8", help="MAX_BATCH_SIZE of the batched server")
+    parser.add_argument("--server-env", action="append", default=[], help="extra KEY=VALUE for both servers")
+    parser.add_argument("--out", default="bench_load.json")
+    args = parser.parse_args()
+    images = make_images(32)
+    report: dict = {"clients": args.clients, "requests": args.requests, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if args.url:
+        report["server"] = bench_one(args.url.rstrip("/"), args, images)
+        print_row("server", report["server"])
+    else:
+        extra = dict(item.split("=", 1) for item in args.server_env)
+        for name, batch_size in (("batched", args.batch_size), ("naive", "1")):
+            server = Server(args.model, {**extra, "MAX_BATCH_SIZE": batch_size, "MAX_QUEUE": "1024"})
+            try:
+                server.wait_ready()
+                report[name] = bench_one(server.url, args, images)
+            finally:
+                server.stop()
+            print_row(name, report[name])
+        batched, naive = report["batched"]["load"], report["naive"]["load"]
+        report["throughput_ratio"] = round(batched["req_per_s"] / naive["req_per_s"], 2) if naive["req_per_s"] else None
+        report["batched_p99_over_p50"] = round(batched["p99_ms"] / batched["p50_ms"], 2) if batched["p50_ms"] else None
+        print(f"throughput ratio batched/naive: {report['throughput_ratio']}x")
+        print(f"batched p99/p50: {report['batched_p99_over_p50']}")
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
