@@ -1,0 +1,195 @@
+"""Model-side benchmark with random weights of the real Qwen2.5-VL shapes (no download).
+
+    python scripts/bench_gpu.py                          # CUDA: 7b and 3b; CPU: the tiny shape
+    python scripts/bench_gpu.py --shape 7b --dtypes bfloat16,float16 --attn sdpa,flash_attention_2
+
+For a 1024x768 image (999 visual tokens at the default resize) and a fixed number of generated
+tokens (EOS ignored) it measures prefill time, decode ms/token and end-to-end latency at batch 1,
+and throughput at several concurrencies through Chord's own batching scheduler. It prints the
+bandwidth floor (weight bytes / measured device-to-device copy bandwidth) and the ratio of decode
+ms/token to it. Shapes: config/model_shapes/*.json. Writes a JSON report to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.engine.base import EngineInfo, GroundingRequest  # noqa: E402
+from app.engine.runtime import dtype_name  # noqa: E402
+from app.engine.tiny_checkpoint import TinyShape, build_config, build_processor, build_tokenizer  # noqa: E402
+from app.engine.transformers_engine import TransformersEngine  # noqa: E402
+from app.families import Family  # noqa: E402
+from app.scheduler import BatchScheduler  # noqa: E402
+from app.settings import load_settings  # noqa: E402
+
+SHAPES_DIR = ROOT / "config" / "model_shapes"
+QWEN_PIXELS = TinyShape(min_pixels=3136, max_pixels=12845056)  # the real processor's range
+
+
+def shape_config(name: str, tokenizer) -> Qwen2_5_VLConfig:
+    if name == "tiny":
+        return build_config(tokenizer)
+    spec = json.loads((SHAPES_DIR / f"qwen2.5-vl-{name}.json").read_text())
+    text, vision = dict(spec["text"]), dict(spec["vision"])
+    rope = {"rope_type": "default", "rope_theta": text.pop("rope_theta"), "mrope_section": text.pop("mrope_section")}
+    tied = text.pop("tie_word_embeddings")
+    ids = {
+        t: tokenizer.convert_tokens_to_ids(t)
+        for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    }
+    return Qwen2_5_VLConfig(
+        text_config={**text, "rope_parameters": rope, "tie_word_embeddings": tied, "use_sliding_window": False},
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=tied,
+    )
+
+
+def build_engine(shape: str, dtype: torch.dtype, attn: str, device: str, tokens: int) -> TransformersEngine:
+    tokenizer = build_tokenizer()
+    config = shape_config(shape, tokenizer)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation=attn)
+    model.eval()
+    # No EOS: every request generates exactly `tokens` tokens.
+    model.generation_config = GenerationConfig(eos_token_id=None, pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    processor = build_processor(tokenizer, QWEN_PIXELS)
+    processor.tokenizer.padding_side = "left"
+    settings = load_settings(model_path=f"random-{shape}", device=device, max_new_tokens=tokens, max_batch_size=32)
+    info = EngineInfo(f"random-{shape}", Family.QWEN2_5_VL, device, dtype_name(dtype), attn, "transformers")
+    return TransformersEngine(model, processor, Family.QWEN2_5_VL, info, settings)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth(device: str, megabytes: int) -> float:
+    """Bytes per second moved by a device-to-device copy (a read and a write per byte)."""
+    src = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    sync(device)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * src.numel() / best
+
+
+def timed_generate(engine: TransformersEngine, prepared, new_tokens: int, device: str) -> float:
+    inputs = prepared.inputs.to(engine.model.device)
+    sync(device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        engine.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    sync(device)
+    return time.perf_counter() - started
+
+
+def bench(engine: TransformersEngine, image: Image.Image, tokens: int, concurrencies: list[int], device: str) -> dict:
+    request = GroundingRequest(image, ("the red circle",), max_new_tokens=tokens)
+    prepared = engine.prepare([request])
+    visual_tokens = int(prepared.inputs["image_grid_thw"][0].prod()) // 4
+    timed_generate(engine, prepared, 2, device)  # warm-up
+    prefill = min(timed_generate(engine, prepared, 1, device) for _ in range(3))
+    full = min(timed_generate(engine, prepared, tokens, device) for _ in range(2))
+    decode_ms = (full - prefill) / (tokens - 1) * 1000
+    sync(device)
+    started = time.perf_counter()
+    engine.ground([request])
+    sync(device)
+    e2e_ms = (time.perf_counter() - started) * 1000
+    throughput = {}
+    for concurrency in concurrencies:
+        scheduler = BatchScheduler(engine, max_batch_size=concurrency, max_batch_wait_ms=20, max_queue=4 * concurrency)
+        total = 2 * concurrency
+        try:
+            with ThreadPoolExecutor(concurrency) as pool:
+                started = time.perf_counter()
+                list(pool.map(scheduler.ground, [request] * total))
+                throughput[concurrency] = round(total / (time.perf_counter() - started), 2)
+        finally:
+            scheduler.stop()
+    return {
+        "visual_tokens": visual_tokens,
+        "prefill_ms": round(prefill * 1000, 1),
+        "decode_ms_per_token": round(decode_ms, 2),
+        "e2e_batch1_ms": round(e2e_ms, 1),
+        "req_per_s": throughput,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--shape", default="7b,3b" if cuda else "tiny", help="comma list of 7b, 3b, tiny")
+    parser.add_argument("--dtypes", default="bfloat16,float16" if cuda else "float32")
+    parser.add_argument("--attn", default="sdpa", help="comma list of sdpa, flash_attention_2, eager")
+    parser.add_argument("--tokens", type=int, default=40, help="generated tokens per request (EOS ignored)")
+    parser.add_argument("--concurrency", default="1,8,32" if cuda else "1,4")
+    parser.add_argument("--out", default="bench_gpu.json")
+    args = parser.parse_args()
+    device = "cuda" if cuda else "cpu"
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (768, 1024, 3), dtype=np.uint8))
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    bandwidth = copy_bandwidth(device, 1024 if cuda else 256)
+    report = {
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "copy_bandwidth_GBps": round(bandwidth / 1e9, 1),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "runs": [],
+    }
+    print(f"device {report['device']}, device-to-device copy bandwidth {report['copy_bandwidth_GBps']} GB/s")
+    for shape in args.shape.split(","):
+        for dtype_text in args.dtypes.split(","):
+            for attn in args.attn.split(","):
+                try:
+                    engine = build_engine(shape, getattr(torch, dtype_text), attn, device, args.tokens)
+                except (ImportError, ValueError) as exc:
+                    print(f"{shape} {dtype_text} {attn}: skipped ({exc})")
+                    continue
+                weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+                floor_ms = weight_bytes / bandwidth * 1000
+                result = bench(engine, image, args.tokens, concurrencies, device)
+                result.update(shape=shape, dtype=dtype_text, attn=attn, weight_GB=round(weight_bytes / 1e9, 2))
+                result["bandwidth_floor_ms_per_token"] = round(floor_ms, 3)
+                result["decode_over_floor"] = round(result["decode_ms_per_token"] / floor_ms, 2)
+                report["runs"].append(result)
+                print(
+                    f"{shape:>4} {dtype_text:>8} {attn:>17}: {result['visual_tokens']} visual tokens, "
+                    f"prefill {result['prefill_ms']} ms, decode {result['decode_ms_per_token']} ms/token "
+                    f"(floor {floor_ms:.2f} ms, {result['decode_over_floor']}x), batch-1 end to end "
+                    f"{result['e2e_batch1_ms']} ms, req/s by concurrency {result['req_per_s']}"
+                )
+                del engine
+                if cuda:
+                    torch.cuda.empty_cache()
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

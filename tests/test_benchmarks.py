@@ -1,0 +1,46 @@
+"""The benchmark scripts run and report (numbers are for people; nothing here is timed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from app.engine.tiny_checkpoint import build_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_gpu import shape_config  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("shape", "parameters"),
+    [("7b", 8_292_166_656), ("3b", 3_754_622_976)],  # the published checkpoints' parameter counts
+)
+def test_real_shapes_match_the_published_models(shape, parameters):
+    config = shape_config(shape, build_tokenizer())
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+
+
+@pytest.mark.slow
+def test_bench_gpu_runs_on_cpu_with_the_tiny_shape(tmp_path):
+    out = tmp_path / "bench_gpu.json"
+    run = subprocess.run(
+        [sys.executable, "scripts/bench_gpu.py", "--tokens", "6", "--concurrency", "1,2", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(out.read_text())
+    (result,) = report["runs"]
+    assert result["visual_tokens"] == 999  # 1024x768 at the default resize
+    assert result["decode_ms_per_token"] > 0 and result["bandwidth_floor_ms_per_token"] > 0
+    assert set(result["req_per_s"]) == {"1", "2"}
+    assert "decode" in run.stdout and "floor" in run.stdout
