@@ -19,7 +19,7 @@ from app.images import open_image
 from app.result import GroundingResult
 from app.server.errors import MissingImage
 from app.server.records import RequestRecord
-from app.server.service import GroundingService
+from app.server.service import GroundingService, split_phrases
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +60,13 @@ class ChordUI:
         record = RequestRecord(endpoint=UI_ENDPOINT)
         metrics = self.service.metrics
         try:
+            phrases = split_phrases(phrase, record)
             if image is None:
                 raise MissingImage("Add an image first: drop it in, paste it or click to upload.")
             decoded = await anyio.to_thread.run_sync(open_image, image)
             result = await self.service.ground(
                 decoded,
-                phrase,
+                phrases,
                 record,
                 max_new_tokens=int(max_new_tokens) if max_new_tokens else None,
                 score_threshold=float(score_threshold or 0.0),

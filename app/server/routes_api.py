@@ -25,6 +25,7 @@ from app.server.schemas import (
     PredictRequest,
     error_responses,
 )
+from app.server.service import split_phrases
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +74,10 @@ async def ground(
     score_threshold: float = Form(0.0, ge=0.0, le=1.0, description=SCORE_THRESHOLD_HELP, examples=[0.3]),
 ) -> dict:
     """Find the objects a prompt names in an uploaded image (multipart form)."""
+    phrases = split_phrases(prompt, request.state.record)
     decoded = await _decode(await image.read())
     result = await request.app.state.service.ground(
-        decoded, prompt, request.state.record, max_new_tokens=max_new_tokens, score_threshold=score_threshold
+        decoded, phrases, request.state.record, max_new_tokens=max_new_tokens, score_threshold=score_threshold
     )
     return result.to_dict()
 
@@ -83,10 +85,11 @@ async def ground(
 @router.post("/predict", response_model=GroundingResponse, responses=GROUND_ERRORS)
 async def predict(request: Request, body: PredictRequest) -> dict:
     """Find the objects a prompt names in a base64-encoded image (JSON body)."""
+    phrases = split_phrases(body.prompt, request.state.record)
     decoded = await _decode(_from_base64(body.image))
     result = await request.app.state.service.ground(
         decoded,
-        body.prompt,
+        phrases,
         request.state.record,
         max_new_tokens=body.max_new_tokens,
         score_threshold=body.score_threshold,

@@ -33,9 +33,11 @@ PHRASE_SEPARATORS = re.compile(r"[;；\r\n]+")
 Loader = Callable[[Settings], Engine]
 
 
-def split_phrases(prompt: str | None) -> tuple[str, ...]:
+def split_phrases(prompt: str | None, record: RequestRecord | None = None) -> tuple[str, ...]:
     """``"cat; red car"`` -> ``("cat", "red car")``; EmptyPrompt when no phrase is left."""
     phrases = tuple(p.strip() for p in PHRASE_SEPARATORS.split(prompt or "") if p.strip())
+    if record is not None:
+        record.phrase_chars = len((prompt or "").strip())
     if not phrases:
         raise EmptyPrompt("the prompt is empty: give one or more phrases separated by ';' or newlines")
     return phrases
@@ -144,16 +146,14 @@ class GroundingService:
     async def ground(
         self,
         image: Image.Image,
-        prompt: str | None,
+        phrases: tuple[str, ...],
         record: RequestRecord,
         max_new_tokens: int | None = None,
         score_threshold: float = 0.0,
         prompt_template: str | None = None,
     ) -> GroundingResult:
-        """Ground every phrase of ``prompt`` in ``image`` on the model thread; fills ``record``."""
+        """Ground ``phrases`` (from ``split_phrases``) in ``image`` on the model thread; fills ``record``."""
         record.image_wh = image.size
-        record.phrase_chars = len((prompt or "").strip())
-        phrases = split_phrases(prompt)
         template = (prompt_template or "").strip() or None
         if template is not None and "{targets}" not in template:
             raise InvalidRequest("a prompt template must contain the placeholder {targets}")
