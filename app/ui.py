@@ -82,23 +82,34 @@ class ChordUI:
             raise gr.Error(f"Unexpected server error (request id {record.request_id}).", title="Error") from None
         record.finish(metrics, 200)
         if not result.boxes:
-            gr.Warning("No box found. Try other words, or lower the score threshold under Advanced.")
+            gr.Warning("No box found. Try other words, or lower the score threshold under Advanced.", duration=6)
         history = _remember(history or [], annotated, result)
         return annotated, result.to_dict(), result.text, _latency_text(result, record), history
 
     def status(self) -> tuple[str, dict, gr.Timer]:
         """Header line and button state; the timer stops polling once loading has ended."""
         loading = self.service.loading
-        button = gr.update(
-            interactive=self.service.ready, value="Find" if self.service.ready else "The model is loading ..."
-        )
+        button = gr.update(interactive=self.service.ready, value=_button_text(self.service))
         return header_text(self.service), button, gr.Timer(active=loading)
 
 
 def header_text(service: GroundingService) -> str:
+    what = _escape_markdown(service.describe())
     if service.ready:
-        return f"**Chord** · visual grounding · serving {service.describe()}"
-    return f"**Chord** · visual grounding · {service.describe()}"
+        return f"**Chord** · visual grounding · serving {what}"
+    if service.loading:
+        return f"**Chord** · visual grounding · {what} Find is enabled once the model is ready."
+    return f"**Chord** · visual grounding · ⚠ **{what}**"
+
+
+def _button_text(service: GroundingService) -> str:
+    if service.ready:
+        return "Find"
+    return "The model is loading ..." if service.loading else "The model is unavailable (see above)"
+
+
+def _escape_markdown(text: str) -> str:
+    return "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in text)
 
 
 def _annotate(image: Image.Image, result: GroundingResult) -> Image.Image:
@@ -107,14 +118,17 @@ def _annotate(image: Image.Image, result: GroundingResult) -> Image.Image:
 
 
 def _latency_text(result: GroundingResult, record: RequestRecord) -> str:
-    boxes = f"{len(result.boxes)} box" + ("" if len(result.boxes) == 1 else "es")
-    return f"{result.latency_ms:.0f} ms model time · {boxes} · request {record.request_id}"
+    return f"{result.latency_ms:.0f} ms model time · {_boxes_text(len(result.boxes))} · request {record.request_id}"
+
+
+def _boxes_text(count: int) -> str:
+    return f"{count} box" + ("" if count == 1 else "es")
 
 
 def _remember(history: list, annotated: Image.Image, result: GroundingResult) -> list:
     thumbnail = annotated.copy()
     thumbnail.thumbnail(THUMBNAIL_WH)
-    caption = f"{'; '.join(result.phrases)} → {len(result.boxes)}"
+    caption = f"{_boxes_text(len(result.boxes))} · {'; '.join(result.phrases)}"
     return [(thumbnail, caption), *history][:HISTORY_SIZE]
 
 
@@ -146,15 +160,29 @@ def build_ui(service: GroundingService) -> gr.Blocks:
                     )
                     score_threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Score threshold")
                     prompt_template = gr.Textbox(label="Prompt template", value="", placeholder=TEMPLATE_HELP)
-                button = gr.Button("Find", variant="primary", elem_id="chord-go", interactive=service.ready)
+                button = gr.Button(
+                    _button_text(service), variant="primary", elem_id="chord-go", interactive=service.ready
+                )
             with gr.Column(scale=1):
                 annotated = gr.Image(
-                    label="Image with boxes", type="pil", format="png", interactive=False, elem_id="chord-out"
+                    label="Image with boxes",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    height=380,
+                    elem_id="chord-out",
                 )
                 latency = gr.Textbox(label="Latency", interactive=False, elem_id="chord-latency")
-                result_json = gr.JSON(label="Result", elem_id="chord-json")
+                result_json = gr.JSON(label="Result", height=360, elem_id="chord-json")
                 raw = gr.Textbox(label="Raw model answer", lines=3, interactive=False, elem_id="chord-raw")
-        gallery = gr.Gallery(label="Earlier results for this image", columns=6, height=200, elem_id="chord-history")
+        gallery = gr.Gallery(
+            label="Earlier results for this image (newest first)",
+            columns=HISTORY_SIZE,
+            fit_columns=False,
+            object_fit="contain",
+            height=190,
+            elem_id="chord-history",
+        )
 
         gr.on(
             triggers=[button.click, phrase.submit],

@@ -47,3 +47,17 @@ def server(tiny_checkpoint, tmp_path_factory):
         yield live
     finally:
         live.stop()
+
+
+@pytest.fixture(scope="session")
+def broken_server(tmp_path_factory):
+    """The real server pointed at a MODEL_PATH that does not exist: it stays up and says why."""
+    from live_server import start_server
+
+    log_dir = tmp_path_factory.mktemp("broken-server")
+    live = start_server(str(log_dir / "no-such-model"), log_dir)
+    try:
+        live.wait_for_health(503)
+        yield live
+    finally:
+        live.stop()

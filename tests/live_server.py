@@ -33,7 +33,8 @@ class LiveServer:
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def wait_for_health(self, wanted: int = 200, timeout_s: float = 180) -> dict:
+    def wait_for_health(self, wanted: int = 200, timeout_s: float = 180, loading_ok: bool = False) -> dict:
+        """Poll /health until it answers ``wanted`` (with ``loading_ok``, the first answer while loading will do)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -44,7 +45,7 @@ class LiveServer:
                 time.sleep(0.1)
                 continue
             self.health_seen.append(response.status_code)
-            if response.status_code == wanted and response.json()["status"] != "loading":
+            if response.status_code == wanted and (loading_ok or response.json()["status"] != "loading"):
                 return response.json()
             time.sleep(0.1)
         raise TimeoutError(f"/health did not answer {wanted} within {timeout_s} s:\n{self.log()}")

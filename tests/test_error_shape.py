@@ -69,17 +69,14 @@ def test_predict_rejects_a_body_that_is_not_json(server):
     assert response.json()["error"]["code"] == "invalid_request"
 
 
-def test_a_model_that_cannot_load_keeps_the_server_up_and_says_why(tmp_path, sample_png):
-    from live_server import start_server
-
-    live = start_server(str(tmp_path / "no-such-model"), tmp_path)
-    try:
-        health = live.wait_for_health(503, timeout_s=120)
-        assert health["status"] == "failed"
-        assert health["error"]["code"] == "model_load_failed"
-        assert "no-such-model" in health["error"]["message"]
-        response = _post_ground(live, _png(sample_png), "the cat")
-        assert response.status_code == 503
-        assert response.json()["error"]["code"] == "model_load_failed"
-    finally:
-        live.stop()
+def test_a_model_that_cannot_load_keeps_the_server_up_and_says_why(broken_server, sample_png):
+    response = httpx.get(f"{broken_server.url}/health")
+    assert response.status_code == 503
+    health = response.json()
+    assert health["status"] == "failed"
+    assert health["error"]["code"] == "model_load_failed"
+    assert "no-such-model" in health["error"]["message"]
+    response = _post_ground(broken_server, _png(sample_png), "the cat")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "model_load_failed"
+    assert broken_server.process.poll() is None
