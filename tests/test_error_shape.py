@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import httpx
 import pytest
 
@@ -80,3 +83,14 @@ def test_a_model_that_cannot_load_keeps_the_server_up_and_says_why(broken_server
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "model_load_failed"
     assert broken_server.process.poll() is None
+
+
+def test_an_enormous_image_is_refused_not_a_server_fault(server):
+    # A valid PNG header claiming 20000 x 10000 pixels: Pillow refuses it before decoding.
+    header = zlib.crc32(b"IHDR" + struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0))
+    ihdr = struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + ihdr + struct.pack(">I", header) + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    response = _post_ground(server, {"image": ("huge.png", png, "image/png")}, "the cat")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_image"
+    assert "too large" in response.json()["error"]["message"]

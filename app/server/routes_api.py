@@ -104,6 +104,8 @@ async def _decode(data: bytes) -> Image.Image:
         return await anyio.to_thread.run_sync(open_image, data)
     except InvalidImage:
         raise InvalidImage("'image' is not an image file Chord can read (" + IMAGE_TYPES + ")") from None
+    except Image.DecompressionBombError as exc:  # Pillow refuses images of more than ~179 megapixels
+        raise InvalidImage(f"'image' is too large: {exc}") from None
 
 
 def _from_base64(text: str) -> bytes:
