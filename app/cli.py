@@ -11,6 +11,8 @@ from app.errors import ChordError
 
 logger = logging.getLogger(__name__)
 
+SHUTDOWN_GRACE_S = 5  # seconds open connections get after SIGTERM before the server closes them
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
@@ -82,8 +84,17 @@ def _serve(args) -> int:
     app = create_app(settings)
     logger.info("serving on http://%s:%d (UI at /, API docs at /docs)", settings.host, settings.port)
     # One worker: Gradio's queue lives in this process. log_config=None keeps our one log format;
-    # access_log off because each grounding request already gets its own line.
-    uvicorn.run(app, host=settings.host, port=settings.port, workers=1, log_config=None, access_log=False)
+    # access_log off because each grounding request already gets its own line. An open browser
+    # tab holds a stream open: without a graceful-shutdown limit SIGTERM would wait for it forever.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
     return 0
 
 

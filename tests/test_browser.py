@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,11 @@ def test_the_page_says_the_model_is_loading_then_enables_find(browser, tiny_chec
         expect(page.locator("#chord-header")).to_contain_text("serving", timeout=120_000)
         expect(go).to_be_enabled()
         expect(go).to_have_text("Find")
+        # Supervisor stops it with SIGTERM: an open tab must not keep it alive.
+        started = time.monotonic()
+        live.process.terminate()
+        live.process.wait(timeout=20)
+        assert time.monotonic() - started < 10
         page.close()
     finally:
         live.stop()

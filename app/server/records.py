@@ -32,7 +32,7 @@ class RequestRecord:
         metrics.observe(self.endpoint, status, seconds, error_code)
         image = "-" if self.image_wh is None else f"{self.image_wh[0]}x{self.image_wh[1]}"
         logger.log(
-            logging.ERROR if status >= 500 else logging.INFO,
+            logging.ERROR if status == 500 else logging.INFO,
             "request id=%s endpoint=%s image=%s phrase_chars=%s boxes=%s latency_ms=%.1f status=%d%s",
             self.request_id, self.endpoint, image, _or_dash(self.phrase_chars), _or_dash(self.boxes),
             seconds * 1000, status, "" if error_code is None else f" error={error_code}",
