@@ -1,4 +1,4 @@
-"""Command line: ``python -m app ground | parse | tiny-model``."""
+"""Command line: ``python -m app serve | ground | parse | tiny-model``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 from app.errors import ChordError
 
 logger = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 5  # seconds open connections get after SIGTERM before the server closes them
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description="Chord: visual grounding with Qwen VL models.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server (UI, REST, /health, /metrics) in the foreground")
+    serve.add_argument("--host", default=None, help="override HOST (default from config/chord.toml: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="override PORT (default from config/chord.toml: 7860)")
+    serve.set_defaults(handler=_serve)
 
     ground = commands.add_parser("ground", help="ground phrases in one image and print the result JSON")
     ground.add_argument("image", help="image file")
@@ -59,6 +66,36 @@ def _wh(text: str) -> tuple[int, int]:
     if w < 1 or h < 1:
         raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
     return w, h
+
+
+def _serve(args) -> int:
+    from app.logs import configure_logging
+    from app.settings import load_settings
+
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    settings = load_settings(**overrides)
+    configure_logging(settings.log_level, stream=sys.stdout)
+    logger.info("settings: %s", settings.describe())
+
+    import uvicorn
+
+    from app.server.main import create_app
+
+    app = create_app(settings)
+    logger.info("serving on http://%s:%d (UI at /, API docs at /docs)", settings.host, settings.port)
+    # One worker: Gradio's queue lives in this process. log_config=None keeps our one log format;
+    # access_log off because each grounding request already gets its own line. An open browser
+    # tab holds a stream open: without a graceful-shutdown limit SIGTERM would wait for it forever.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
+    return 0
 
 
 def _ground(args) -> int:

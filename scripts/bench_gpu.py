@@ -22,7 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -97,14 +103,30 @@ def copy_bandwidth(device: str, megabytes: int) -> float:
     return 2 * src.numel() / best
 
 
-def timed_generate(engine: TransformersEngine, prepared, new_tokens: int, device: str) -> float:
+class StepTimer(LogitsProcessor):
+    """Timestamps each decoding step (called once per generated token, after its forward pass)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        sync(self.device)
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+def timed_generate(engine: TransformersEngine, prepared, new_tokens: int, device: str) -> tuple[float, float]:
+    """(prefill seconds, median seconds per decode step) for one generation of ``new_tokens``."""
     inputs = prepared.inputs.to(engine.model.device)
+    timer = StepTimer(device)
     sync(device)
     started = time.perf_counter()
     with torch.inference_mode():
-        engine.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-    sync(device)
-    return time.perf_counter() - started
+        engine.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              logits_processor=LogitsProcessorList([timer]))  # fmt: skip
+    steps = np.diff(timer.stamps)
+    return timer.stamps[0] - started, float(np.median(steps)) if len(steps) else float("nan")
 
 
 def bench(engine: TransformersEngine, image: Image.Image, tokens: int, concurrencies: list[int], device: str) -> dict:
@@ -112,9 +134,9 @@ def bench(engine: TransformersEngine, image: Image.Image, tokens: int, concurren
     prepared = engine.prepare([request])
     visual_tokens = int(prepared.inputs["image_grid_thw"][0].prod()) // 4
     timed_generate(engine, prepared, 2, device)  # warm-up
-    prefill = min(timed_generate(engine, prepared, 1, device) for _ in range(3))
-    full = min(timed_generate(engine, prepared, tokens, device) for _ in range(2))
-    decode_ms = (full - prefill) / (tokens - 1) * 1000
+    runs = [timed_generate(engine, prepared, tokens, device) for _ in range(3)]
+    prefill = min(r[0] for r in runs)
+    decode_ms = min(r[1] for r in runs) * 1000
     sync(device)
     started = time.perf_counter()
     engine.ground([request])

@@ -20,3 +20,44 @@ def tiny_engine(tiny_checkpoint):
 
     settings = load_settings(model_path=tiny_checkpoint, device="cpu", max_new_tokens=24, max_pixels=28 * 28 * 64)
     return TransformersEngine.load(settings)
+
+
+@pytest.fixture(scope="session")
+def sample_png(tmp_path_factory) -> str:
+    """A 320x240 PNG (wider than tall, so a swapped width and height would show)."""
+    from PIL import Image, ImageDraw
+
+    path = tmp_path_factory.mktemp("images") / "sample.png"
+    image = Image.new("RGB", (320, 240), (235, 235, 225))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((40, 60, 140, 180), fill=(200, 30, 30))
+    draw.ellipse((190, 50, 290, 150), fill=(30, 90, 200))
+    image.save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_checkpoint, tmp_path_factory):
+    """The real server (``python -m app serve``) with the tiny checkpoint, shared by the whole session."""
+    from live_server import start_server
+
+    live = start_server(tiny_checkpoint, tmp_path_factory.mktemp("server"))
+    try:
+        live.wait_for_health(200)
+        yield live
+    finally:
+        live.stop()
+
+
+@pytest.fixture(scope="session")
+def broken_server(tmp_path_factory):
+    """The real server pointed at a MODEL_PATH that does not exist: it stays up and says why."""
+    from live_server import start_server
+
+    log_dir = tmp_path_factory.mktemp("broken-server")
+    live = start_server(str(log_dir / "no-such-model"), log_dir)
+    try:
+        live.wait_for_health(503)
+        yield live
+    finally:
+        live.stop()

@@ -52,3 +52,8 @@ def resolve_attn_impl(requested: str, device: str) -> str:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def cuda_memory_allocated() -> float:
+    """Bytes held by torch tensors on the current CUDA device (0 without CUDA); for /metrics."""
+    return float(torch.cuda.memory_allocated()) if torch.cuda.is_available() else 0.0

@@ -1,0 +1,85 @@
+"""The one error shape of the HTTP API: ``{"error": {"code", "message", "request_id"}}``.
+
+Every failure, expected or not, goes through ``error_response``; an unexpected fault is a 500
+whose request id is also in the log line, so a report from a user can be matched to a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from app.errors import ChordError, InvalidRequest
+
+logger = logging.getLogger(__name__)
+
+
+class MissingImage(InvalidRequest):
+    code = "missing_image"
+
+
+class EmptyPrompt(InvalidRequest):
+    code = "empty_prompt"
+
+
+class InternalError(ChordError):
+    status = 500
+    code = "internal_error"
+
+
+# Documented in /docs and docs/server-notes.md: status -> (code, when).
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "invalid_image": (400, "the file or base64 data is not an image Pillow can decode"),
+    "missing_image": (422, "the request carries no image, or an empty one"),
+    "empty_prompt": (422, "the prompt holds no phrase once split on ';' and newlines"),
+    "invalid_request": (422, "another field is missing or out of range, or the body is not valid JSON"),
+    "model_loading": (503, "the model is still loading; retry when GET /health answers 200"),
+    "model_load_failed": (503, "the model could not be loaded; GET /health says why"),
+    "internal_error": (500, "an unexpected fault; the request id is in the server log"),
+}
+
+
+def as_chord_error(exc: Exception) -> ChordError:
+    """The ChordError a failure is reported as; anything unexpected becomes ``internal_error``."""
+    if isinstance(exc, ChordError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return _from_validation(exc)
+    if isinstance(exc, HTTPException):
+        error = InvalidRequest(str(exc.detail))
+        error.status = exc.status_code
+        return error
+    return InternalError("unexpected server error; quote the request id when reporting it")
+
+
+def error_response(exc: Exception, request_id: str) -> JSONResponse:
+    error = as_chord_error(exc)
+    body = error.to_dict()
+    body["error"]["request_id"] = request_id
+    return JSONResponse(body, status_code=error.status, headers={"X-Request-ID": request_id})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """For failures raised outside Chord's own routes' handlers (those log and shape their own)."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc, getattr(request.state, "request_id", "-"))
+
+    for kind in (ChordError, RequestValidationError, HTTPException):
+        app.add_exception_handler(kind, handle)
+
+
+def _from_validation(exc: RequestValidationError) -> ChordError:
+    problems = []
+    for err in exc.errors():
+        field = next((str(p) for p in reversed(err.get("loc", ())) if isinstance(p, str) and p != "body"), "body")
+        if err.get("type") == "missing" and field == "image":
+            return MissingImage("an image is required: send it as the 'image' field")
+        if err.get("type") == "missing" and field == "prompt":
+            return EmptyPrompt("a prompt is required: one or more phrases separated by ';' or newlines")
+        problems.append(f"{field}: {err.get('msg', 'invalid')}")
+    return InvalidRequest("; ".join(problems) or "invalid request")

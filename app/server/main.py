@@ -1,0 +1,53 @@
+"""Wiring: one FastAPI app with Chord's routes, the Gradio UI mounted at ``/`` after them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import gradio as gr
+from fastapi import FastAPI
+
+from app.server import metrics, routes_api, routes_health
+from app.server.errors import install_error_handlers
+from app.server.service import GroundingService, Loader, load_transformers_engine
+from app.settings import Settings
+from app.ui import CSS, build_ui
+
+DESCRIPTION = (
+    "Visual grounding: send an image and a phrase, get boxes back in pixels of that image. "
+    "Several phrases: separate them with ';' or newlines. Errors are "
+    '`{"error": {"code", "message", "request_id"}}`. The browser UI is at `/`.'
+)
+
+
+def create_app(settings: Settings, loader: Loader = load_transformers_engine) -> FastAPI:
+    # Gradio makes no outside connection with analytics off, SSR off and no share link (read at call time).
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    service = GroundingService(settings, loader)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.start_loading()  # in the background: the port answers (503 on /health) at once
+        yield
+        service.close()
+
+    app = FastAPI(title="Chord", description=DESCRIPTION, version="0.1.0", lifespan=lifespan)
+    app.state.service = service
+    install_error_handlers(app)
+    # Chord's routes first: routes added after the mount at "/" would never be reached.
+    app.include_router(routes_health.router)
+    app.include_router(metrics.router)
+    app.include_router(routes_api.router)
+    return gr.mount_gradio_app(
+        app,
+        build_ui(service),
+        path="/",
+        ssr_mode=False,
+        footer_links=["api", "settings"],
+        run_history=False,
+        css=CSS,
+        server_name=settings.host,
+        server_port=settings.port,
+    )

@@ -1,0 +1,68 @@
+"""Prometheus metrics, in a registry of the app's own (two apps in one process do not collide)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.requests = Counter(
+            "chord_requests", "Grounding requests by endpoint and HTTP status.", ["endpoint", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "chord_request_seconds", "Time to answer a grounding request, by endpoint.", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.errors = Counter("chord_errors", "Failed requests by error code.", ["code"], registry=self.registry)
+        self.in_flight = Gauge(
+            "chord_in_flight_requests", "Grounding requests queued or running.", registry=self.registry
+        )
+        self.model_ready = Gauge("chord_model_ready", "1 once the model has loaded, else 0.", registry=self.registry)
+        self.model_load_seconds = Gauge(
+            "chord_model_load_seconds", "Seconds the model took to load.", registry=self.registry
+        )
+        self._gpu_memory: Gauge | None = None
+
+    def watch_gpu_memory(self, read_bytes: Callable[[], float]) -> None:
+        """Report GPU memory on each scrape (only called when the model runs on CUDA)."""
+        if self._gpu_memory is None:
+            self._gpu_memory = Gauge(
+                "chord_gpu_memory_allocated_bytes", "GPU memory held by torch tensors.", registry=self.registry
+            )
+            self._gpu_memory.set_function(read_bytes)
+
+    def observe(self, endpoint: str, status: int, seconds: float, error_code: str | None) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+        if error_code is not None:
+            self.errors.labels(error_code).inc()
+
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(request: Request) -> Response:
+    """Prometheus text: requests, latency, errors, in-flight requests, model load time, GPU memory."""
+    registry = request.app.state.service.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

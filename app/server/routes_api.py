@@ -1,0 +1,117 @@
+"""The REST API: ``POST /api/ground`` (multipart) and ``POST /api/predict`` (JSON, base64 image)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Callable
+
+import anyio
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.routing import APIRoute
+from PIL import Image
+from starlette.responses import Response
+
+from app.errors import InvalidImage
+from app.images import open_image
+from app.server.errors import MissingImage, as_chord_error, error_response
+from app.server.records import RequestRecord
+from app.server.schemas import (
+    MAX_NEW_TOKENS_HELP,
+    PROMPT_HELP,
+    SCORE_THRESHOLD_HELP,
+    GroundingResponse,
+    PredictRequest,
+    error_responses,
+)
+from app.server.service import split_phrases
+
+logger = logging.getLogger(__name__)
+
+IMAGE_TYPES = "JPEG, PNG, WebP, BMP, GIF, TIFF"
+IMAGE_HELP = f"The image file ({IMAGE_TYPES}); its EXIF rotation is applied."
+GROUND_ERRORS = error_responses(
+    "invalid_image", "missing_image", "empty_prompt", "invalid_request", "model_loading", "internal_error"
+)
+
+
+class RecordedRoute(APIRoute):
+    """Gives each request an id, turns any failure into the one error shape, and logs one line."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def recorded(request: Request) -> Response:
+            record = RequestRecord(endpoint=self.path)
+            request.state.request_id = record.request_id
+            request.state.record = record
+            try:
+                response = await handler(request)
+            except Exception as exc:  # noqa: BLE001 - every failure gets the error shape and a log line
+                error = as_chord_error(exc)
+                if error.status >= 500 and error.code == "internal_error":
+                    logger.error("request id=%s failed", record.request_id, exc_info=exc)
+                response = error_response(error, record.request_id)
+                record.finish(request.app.state.service.metrics, error.status, error.code)
+                return response
+            response.headers["X-Request-ID"] = record.request_id
+            record.finish(request.app.state.service.metrics, response.status_code)
+            return response
+
+        return recorded
+
+
+router = APIRouter(prefix="/api", tags=["grounding"], route_class=RecordedRoute)
+
+
+@router.post("/ground", response_model=GroundingResponse, responses=GROUND_ERRORS)
+async def ground(
+    request: Request,
+    image: UploadFile = File(..., description=IMAGE_HELP),
+    prompt: str = Form(..., description=PROMPT_HELP, examples=["the red car; the person on the left"]),
+    max_new_tokens: int | None = Form(None, ge=1, le=2048, description=MAX_NEW_TOKENS_HELP, examples=[256]),
+    score_threshold: float = Form(0.0, ge=0.0, le=1.0, description=SCORE_THRESHOLD_HELP, examples=[0.3]),
+) -> dict:
+    """Find the objects a prompt names in an uploaded image (multipart form)."""
+    phrases = split_phrases(prompt, request.state.record)
+    decoded = await _decode(await image.read())
+    result = await request.app.state.service.ground(
+        decoded, phrases, request.state.record, max_new_tokens=max_new_tokens, score_threshold=score_threshold
+    )
+    return result.to_dict()
+
+
+@router.post("/predict", response_model=GroundingResponse, responses=GROUND_ERRORS)
+async def predict(request: Request, body: PredictRequest) -> dict:
+    """Find the objects a prompt names in a base64-encoded image (JSON body)."""
+    phrases = split_phrases(body.prompt, request.state.record)
+    decoded = await _decode(_from_base64(body.image))
+    result = await request.app.state.service.ground(
+        decoded,
+        phrases,
+        request.state.record,
+        max_new_tokens=body.max_new_tokens,
+        score_threshold=body.score_threshold,
+    )
+    return result.to_dict()
+
+
+async def _decode(data: bytes) -> Image.Image:
+    if not data:
+        raise MissingImage("the image is empty: send the image file's bytes")
+    try:
+        return await anyio.to_thread.run_sync(open_image, data)
+    except InvalidImage:
+        raise InvalidImage("'image' is not an image file Chord can read (" + IMAGE_TYPES + ")") from None
+    except Image.DecompressionBombError as exc:  # Pillow refuses images of more than ~179 megapixels
+        raise InvalidImage(f"'image' is too large: {exc}") from None
+
+
+def _from_base64(text: str) -> bytes:
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImage("'image' is not valid base64") from None

@@ -1,0 +1,33 @@
+"""``GET /health``: cheap, never touches the model, answers while the model is busy."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+router = APIRouter(tags=["operations"])
+
+HEALTH_EXAMPLES = {
+    200: {"status": "ok", "model": "Qwen2.5-VL-7B-Instruct", "device": "cuda", "uptime_s": 812.0,
+          "requests_served": 41, "queue_depth": 0},
+    503: {"status": "loading", "model": "models/Qwen2.5-VL-7B-Instruct", "device": "auto", "uptime_s": 3.2},
+}  # fmt: skip
+
+
+@router.get(
+    "/health",
+    responses={
+        200: {
+            "description": "The model is loaded and serving.",
+            "content": {"application/json": {"example": HEALTH_EXAMPLES[200]}},
+        },
+        503: {
+            "description": "Not ready: `status` is `loading`, or `failed` with the load error.",
+            "content": {"application/json": {"example": HEALTH_EXAMPLES[503]}},
+        },
+    },
+)  # fmt: skip
+async def health(request: Request) -> JSONResponse:
+    """Readiness: model, device, uptime, requests served and queue depth; 503 until the model has loaded."""
+    service = request.app.state.service
+    return JSONResponse(service.health(), status_code=200 if service.ready else 503)

@@ -1,0 +1,173 @@
+"""The grounding service: settings, the engine once loaded, load state and counters.
+
+The model loads in a background thread so the port answers at once. Model work runs on one
+worker thread of its own, in arrival order, so the event loop (and ``/health``) stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
+
+from PIL import Image
+
+from app.engine.base import Engine, GroundingRequest
+from app.errors import ChordError, InvalidRequest, ModelLoadError, ModelNotReady
+from app.result import GroundingResult
+from app.server.errors import EmptyPrompt
+from app.server.metrics import Metrics
+from app.server.records import RequestRecord
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Several phrases in one prompt: separated by ';' (or the full-width '；') or by newlines.
+PHRASE_SEPARATORS = re.compile(r"[;；\r\n]+")
+
+Loader = Callable[[Settings], Engine]
+
+
+def split_phrases(prompt: str | None, record: RequestRecord | None = None) -> tuple[str, ...]:
+    """``"cat; red car"`` -> ``("cat", "red car")``; EmptyPrompt when no phrase is left."""
+    phrases = tuple(p.strip() for p in PHRASE_SEPARATORS.split(prompt or "") if p.strip())
+    if record is not None:
+        record.phrase_chars = len((prompt or "").strip())
+    if not phrases:
+        raise EmptyPrompt("the prompt is empty: give one or more phrases separated by ';' or newlines")
+    return phrases
+
+
+class LoadState(Enum):
+    LOADING = "loading"
+    READY = "ok"
+    FAILED = "failed"
+
+
+def load_transformers_engine(settings: Settings) -> Engine:
+    from app.engine.transformers_engine import TransformersEngine
+
+    return TransformersEngine.load(settings)
+
+
+class GroundingService:
+    def __init__(self, settings: Settings, loader: Loader = load_transformers_engine):
+        self.settings = settings
+        self.metrics = Metrics()
+        self._loader = loader
+        self._engine: Engine | None = None
+        self._state = LoadState.LOADING
+        self._load_error: ChordError | None = None
+        self._load_seconds: float | None = None
+        self._started = time.monotonic()
+        self._served = 0
+        self._in_flight = 0
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chord-model")
+
+    # --- loading -------------------------------------------------------------------------
+    def start_loading(self) -> None:
+        threading.Thread(target=self._load, name="chord-load", daemon=True).start()
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        logger.info("loading the model: %s", self.settings.describe())
+        try:
+            engine = self._loader(self.settings)
+        except ChordError as exc:
+            self._fail(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - any load fault must reach /health, not kill the server
+            logger.exception("model load failed")
+            self._fail(ModelLoadError(f"could not load the model: {type(exc).__name__}: {exc}"))
+            return
+        self._load_seconds = time.perf_counter() - started
+        self.metrics.model_load_seconds.set(self._load_seconds)
+        if engine.info.device.startswith("cuda"):
+            from app.engine.runtime import cuda_memory_allocated
+
+            self.metrics.watch_gpu_memory(cuda_memory_allocated)
+        self._engine = engine
+        self._state = LoadState.READY
+        self.metrics.model_ready.set(1)
+        logger.info("ready: %s in %.1f s", engine.info.to_dict(), self._load_seconds)
+
+    def _fail(self, error: ChordError) -> None:
+        self._load_error = error
+        self._state = LoadState.FAILED
+        logger.error("the model could not be loaded; the server stays up and /health says why: %s", error.message)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
+    # --- state ---------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._state is LoadState.READY
+
+    @property
+    def loading(self) -> bool:
+        return self._state is LoadState.LOADING
+
+    def describe(self) -> str:
+        """One line for people: what is serving, or what is happening instead."""
+        if self._engine is not None:
+            info = self._engine.info
+            return f"{info.model} ({info.family.display_name}) on {info.device}, {info.dtype}"
+        if self._load_error is not None:
+            return f"the model could not be loaded: {self._load_error.message}"
+        return f"loading {self.settings.model_path} on {self.settings.device} ..."
+
+    def health(self) -> dict:
+        body: dict = {"status": self._state.value, "uptime_s": round(time.monotonic() - self._started, 1)}
+        if self._engine is not None:
+            body.update(self._engine.info.to_dict())
+            body.update(
+                requests_served=self._served, queue_depth=self._in_flight, load_seconds=round(self._load_seconds, 1)
+            )
+        elif self._load_error is not None:
+            body.update(self._load_error.to_dict())
+        else:
+            body.update(model=self.settings.model_path, device=self.settings.device)
+        return body
+
+    def _require_engine(self) -> Engine:
+        if self._engine is not None:
+            return self._engine
+        if self._load_error is not None:
+            raise ModelLoadError(self._load_error.message)
+        raise ModelNotReady("the model is still loading; try again in a moment (GET /health says when it is ready)")
+
+    # --- grounding -----------------------------------------------------------------------
+    async def ground(
+        self,
+        image: Image.Image,
+        phrases: tuple[str, ...],
+        record: RequestRecord,
+        max_new_tokens: int | None = None,
+        score_threshold: float = 0.0,
+        prompt_template: str | None = None,
+    ) -> GroundingResult:
+        """Ground ``phrases`` (from ``split_phrases``) in ``image`` on the model thread; fills ``record``."""
+        record.image_wh = image.size
+        template = (prompt_template or "").strip() or None
+        if template is not None and "{targets}" not in template:
+            raise InvalidRequest("a prompt template must contain the placeholder {targets}")
+        engine = self._require_engine()
+        request = GroundingRequest(image, phrases, max_new_tokens=max_new_tokens, prompt_template=template)
+        self._in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            future = self._worker.submit(engine.ground, [request])
+            result = (await asyncio.wrap_future(future))[0]
+        finally:
+            self._in_flight -= 1
+            self.metrics.in_flight.dec()
+        self._served += 1
+        result = result.above(score_threshold)
+        record.boxes = len(result.boxes)
+        return result

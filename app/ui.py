@@ -1,0 +1,202 @@
+"""The browser UI (Gradio Blocks): drop an image, name what to find, see the boxes.
+
+The grounding event is also Gradio's auto API ``/ground``: inputs image and phrase, every other
+input has a default, and the output carries the boxes as numbers in the result JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import gradio as gr
+from PIL import Image
+
+from app.drawing import draw_result
+from app.errors import ChordError
+from app.fonts import label_font
+from app.images import open_image
+from app.result import GroundingResult
+from app.server.errors import MissingImage
+from app.server.records import RequestRecord
+from app.server.service import GroundingService, split_phrases
+
+logger = logging.getLogger(__name__)
+
+UI_ENDPOINT = "gradio:/ground"
+HISTORY_SIZE = 8
+THUMBNAIL_WH = (320, 320)
+EXAMPLES = [
+    ["the person"],
+    ["the red car; the dog"],
+    ["a cup on the table"],
+    ["穿红衣服的人"],
+    ["桌子上的杯子；椅子"],
+]
+PHRASE_HELP = "e.g. the red car; the person on the left (several phrases: separate them with ; or a new line)"
+TEMPLATE_HELP = "Leave empty for the built-in prompt. A custom one must contain {targets}, e.g. 'Find {targets}.'"
+CSS = """
+#chord-header p { margin: 0; }
+#chord-go { min-height: 3rem; }
+"""
+
+
+class ChordUI:
+    """The UI's event handlers, reaching the model only through the service."""
+
+    def __init__(self, service: GroundingService):
+        self.service = service
+
+    async def ground(
+        self,
+        image: str | None,
+        phrase: str,
+        max_new_tokens: float = 512,
+        score_threshold: float = 0.0,
+        prompt_template: str = "",
+        history: list | None = None,
+    ) -> tuple[Image.Image, dict, str, str, list]:
+        """Ground the phrase(s) in the image; returns annotated image, result JSON, raw answer, latency."""
+        record = RequestRecord(endpoint=UI_ENDPOINT)
+        metrics = self.service.metrics
+        try:
+            phrases = split_phrases(phrase, record)
+            if image is None:
+                raise MissingImage("Add an image first: drop it in, paste it or click to upload.")
+            decoded = await anyio.to_thread.run_sync(open_image, image)
+            result = await self.service.ground(
+                decoded,
+                phrases,
+                record,
+                max_new_tokens=int(max_new_tokens) if max_new_tokens else None,
+                score_threshold=float(score_threshold or 0.0),
+                prompt_template=prompt_template,
+            )
+            annotated = await anyio.to_thread.run_sync(_annotate, decoded, result)
+        except ChordError as exc:
+            record.finish(metrics, exc.status, exc.code)
+            raise gr.Error(exc.message, title="Could not ground") from None
+        except Exception as exc:  # noqa: BLE001 - a person sees a message, the log keeps the traceback
+            logger.error("request id=%s failed", record.request_id, exc_info=exc)
+            record.finish(metrics, 500, "internal_error")
+            raise gr.Error(f"Unexpected server error (request id {record.request_id}).", title="Error") from None
+        record.finish(metrics, 200)
+        if not result.boxes:
+            gr.Warning("No box found. Try other words, or lower the score threshold under Advanced.", duration=6)
+        history = _remember(history or [], annotated, result)
+        return annotated, result.to_dict(), result.text, _latency_text(result, record), history
+
+    def status(self) -> tuple[str, dict, gr.Timer]:
+        """Header line and button state; the timer stops polling once loading has ended."""
+        loading = self.service.loading
+        button = gr.update(interactive=self.service.ready, value=_button_text(self.service))
+        return header_text(self.service), button, gr.Timer(active=loading)
+
+
+def header_text(service: GroundingService) -> str:
+    what = _escape_markdown(service.describe())
+    if service.ready:
+        return f"**Chord** · visual grounding · serving {what}"
+    if service.loading:
+        return f"**Chord** · visual grounding · {what} Find is enabled once the model is ready."
+    return f"**Chord** · visual grounding · ⚠ **{what}**"
+
+
+def _button_text(service: GroundingService) -> str:
+    if service.ready:
+        return "Find"
+    return "The model is loading ..." if service.loading else "The model is unavailable (see above)"
+
+
+def _escape_markdown(text: str) -> str:
+    return "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in text)
+
+
+def _annotate(image: Image.Image, result: GroundingResult) -> Image.Image:
+    font = label_font(max(12, min(image.size) // 30))
+    return draw_result(image, result.boxes, result.labels, result.scores, result.points, result.point_labels, font)
+
+
+def _latency_text(result: GroundingResult, record: RequestRecord) -> str:
+    return f"{result.latency_ms:.0f} ms model time · {_boxes_text(len(result.boxes))} · request {record.request_id}"
+
+
+def _boxes_text(count: int) -> str:
+    return f"{count} box" + ("" if count == 1 else "es")
+
+
+def _remember(history: list, annotated: Image.Image, result: GroundingResult) -> list:
+    thumbnail = annotated.copy()
+    thumbnail.thumbnail(THUMBNAIL_WH)
+    caption = f"{_boxes_text(len(result.boxes))} · {'; '.join(result.phrases)}"
+    return [(thumbnail, caption), *history][:HISTORY_SIZE]
+
+
+def build_ui(service: GroundingService) -> gr.Blocks:
+    ui = ChordUI(service)
+    with gr.Blocks(title="Chord", analytics_enabled=False) as demo:
+        header = gr.Markdown(header_text(service), elem_id="chord-header")
+        history = gr.State([])
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1):
+                image = gr.Image(
+                    label="Image (drop, paste or click to upload)",
+                    type="filepath",
+                    image_mode=None,
+                    sources=["upload", "clipboard"],
+                    height=380,
+                    elem_id="chord-image",
+                )
+                phrase = gr.Textbox(
+                    label="What to find",
+                    placeholder=PHRASE_HELP,
+                    lines=2,
+                    elem_id="chord-phrase",
+                )
+                gr.Examples(examples=EXAMPLES, inputs=[phrase], label="Examples (click one)")
+                with gr.Accordion("Advanced", open=False):
+                    max_new_tokens = gr.Slider(
+                        1, 2048, value=service.settings.max_new_tokens, step=1, label="Max new tokens"
+                    )
+                    score_threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Score threshold")
+                    prompt_template = gr.Textbox(label="Prompt template", value="", placeholder=TEMPLATE_HELP)
+                button = gr.Button(
+                    _button_text(service), variant="primary", elem_id="chord-go", interactive=service.ready
+                )
+            with gr.Column(scale=1):
+                annotated = gr.Image(
+                    label="Image with boxes",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    height=380,
+                    elem_id="chord-out",
+                )
+                latency = gr.Textbox(label="Latency", interactive=False, elem_id="chord-latency")
+                result_json = gr.JSON(label="Result", height=360, elem_id="chord-json")
+                raw = gr.Textbox(label="Raw model answer", lines=3, interactive=False, elem_id="chord-raw")
+        gallery = gr.Gallery(
+            label="Earlier results for this image (newest first)",
+            columns=HISTORY_SIZE,
+            fit_columns=False,
+            object_fit="contain",
+            height=190,
+            elem_id="chord-history",
+        )
+
+        gr.on(
+            triggers=[button.click, phrase.submit],
+            fn=ui.ground,
+            inputs=[image, phrase, max_new_tokens, score_threshold, prompt_template, history],
+            outputs=[annotated, result_json, raw, latency, history],
+            api_name="ground",
+            api_description="Find the phrase(s) in the image; returns the annotated image, the result JSON "
+            "(boxes as [x1, y1, x2, y2] pixels), the raw model answer and the latency.",
+        ).success(lambda h: h, inputs=history, outputs=gallery, api_visibility="private", show_progress="hidden")
+        image.change(lambda: ([], []), outputs=[history, gallery], api_visibility="private", show_progress="hidden")
+
+        timer = gr.Timer(2.0)
+        status_outputs = [header, button, timer]
+        timer.tick(ui.status, outputs=status_outputs, api_visibility="private", show_progress="hidden")
+        demo.load(ui.status, outputs=status_outputs, api_visibility="private", show_progress="hidden")
+    return demo
