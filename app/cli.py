@@ -11,6 +11,7 @@ from app.errors import ChordError
 
 logger = logging.getLogger(__name__)
 
+LOAD_FAILURE_EXIT_STATUS = 3
 SHUTDOWN_GRACE_S = 5  # seconds open connections get after SIGTERM before the server closes them
 
 
@@ -77,16 +78,35 @@ def _serve(args) -> int:
     configure_logging(settings.log_level, stream=sys.stdout)
     logger.info("settings: %s", settings.describe())
 
+    if settings.exit_on_load_failure:
+        from app.model_path import require_model_path
+
+        try:  # fail in a second, before the heavy imports, so Supervisor counts it as a failed start
+            require_model_path(settings.resolved_model_path())
+        except ChordError as exc:
+            logger.error("the model could not be loaded: %s", exc.message)
+            logger.error("exiting with status %d: EXIT_ON_LOAD_FAILURE is on", LOAD_FAILURE_EXIT_STATUS)
+            return LOAD_FAILURE_EXIT_STATUS
+
     import uvicorn
 
     from app.server.main import create_app
 
-    app = create_app(settings)
+    server: uvicorn.Server | None = None
+    failed: list[ChordError] = []
+
+    def stop_on_load_failure(error: ChordError) -> None:
+        if settings.exit_on_load_failure and server is not None:
+            logger.error("exiting with status %d: EXIT_ON_LOAD_FAILURE is on", LOAD_FAILURE_EXIT_STATUS)
+            failed.append(error)
+            server.should_exit = True
+
+    app = create_app(settings, on_load_failure=stop_on_load_failure)
     logger.info("serving on http://%s:%d (UI at /, API docs at /docs)", settings.host, settings.port)
     # One worker: Gradio's queue lives in this process. log_config=None keeps our one log format;
     # access_log off because each grounding request already gets its own line. An open browser
     # tab holds a stream open: without a graceful-shutdown limit SIGTERM would wait for it forever.
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -95,7 +115,9 @@ def _serve(args) -> int:
         access_log=False,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
-    return 0
+    server = uvicorn.Server(config)
+    server.run()
+    return LOAD_FAILURE_EXIT_STATUS if failed else 0
 
 
 def _ground(args) -> int:

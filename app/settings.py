@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(8, ge=1, le=256, description="Most requests per batched generation; 1 = no batching.")
     max_batch_wait_ms: float = Field(10.0, ge=0, le=10_000, description="Longest wait for a batch to fill, in ms.")
     max_queue: int = Field(64, ge=1, le=100_000, description="Requests waiting beyond this are refused with 503.")
+    exit_on_load_failure: bool = Field(
+        True, description="Exit (status 3) when the model cannot load, so Supervisor marks it FATAL."
+    )
     request_timeout_s: float = Field(120.0, gt=0, le=3600, description="A request not answered by then gets 504.")
 
     @field_validator("max_memory")

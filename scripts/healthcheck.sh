@@ -4,7 +4,8 @@
 # Every WATCHDOG_INTERVAL seconds it asks GET /health (curl --max-time WATCHDOG_TIMEOUT):
 #   200                              healthy
 #   503 "loading" within the grace   not a failure (the model is still loading)
-#   anything else, or no answer      a failure
+#   refused within the grace         not a failure (the process has not bound its port yet)
+#   anything else, or a time-out     a failure (a hung process accepts the connection, then times out)
 # After WATCHDOG_FAILURES failures in a row it runs `supervisorctl restart chord`. When Supervisor
 # reports chord STOPPED, EXITED or FATAL (and no one paused the watchdog) it starts it again.
 # At most WATCHDOG_MAX_RESTARTS restarts/starts per WATCHDOG_WINDOW seconds: past that it logs
@@ -100,6 +101,7 @@ while true; do
       ;;
   esac
   body=$(curl -s --max-time "$TIMEOUT" -w '\n%{http_code}' "$URL" 2>/dev/null)
+  curl_status=$?
   code="${body##*$'\n'}"
   if [[ "$code" == 200 ]]; then
     ((failures > 0)) && log "$PROGRAM healthy again after $failures failed checks"
@@ -107,8 +109,10 @@ while true; do
     continue
   fi
   up=$(uptime_seconds "$status_line")
-  if [[ "$code" == 503 && "$body" == *'"loading"'* && ( "$state" == STARTING || ( -n "$up" && "$up" -lt "$GRACE" ) ) ]]; then
-    continue  # still loading the model, within the grace period
+  starting=0
+  [[ "$state" == STARTING || ( -n "$up" && "$up" -lt "$GRACE" ) ]] && starting=1
+  if ((starting)) && [[ ( "$code" == 503 && "$body" == *'"loading"'* ) || $curl_status -eq 7 ]]; then
+    continue  # within the grace period: the port is not bound yet (curl 7) or the model is loading
   fi
   failures=$((failures + 1))
   log "health check failed ($failures/$FAILURES): HTTP ${code:-none} from $URL"

@@ -51,11 +51,11 @@ def server(tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def broken_server(tmp_path_factory):
-    """The real server pointed at a MODEL_PATH that does not exist: it stays up and says why."""
+    """The real server pointed at a MODEL_PATH that does not exist, told to stay up and say why."""
     from live_server import start_server
 
     log_dir = tmp_path_factory.mktemp("broken-server")
-    live = start_server(str(log_dir / "no-such-model"), log_dir)
+    live = start_server(str(log_dir / "no-such-model"), log_dir, EXIT_ON_LOAD_FAILURE="false")
     try:
         live.wait_for_health(503)
         yield live

@@ -94,3 +94,14 @@ def test_an_enormous_image_is_refused_not_a_server_fault(server):
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "invalid_image"
     assert "too large" in response.json()["error"]["message"]
+
+
+def test_by_default_a_model_that_cannot_load_ends_the_process_with_the_cause(tmp_path):
+    from live_server import start_server
+
+    live = start_server(str(tmp_path / "no-such-model"), tmp_path)
+    try:
+        assert live.process.wait(timeout=120) == 3
+    finally:
+        live.stop()
+    assert "does not exist" in live.log() and "no-such-model" in live.log()

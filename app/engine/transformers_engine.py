@@ -30,6 +30,7 @@ from app.engine.base import EngineInfo, GroundingRequest
 from app.engine.runtime import dtype_name, resolve_attn_impl, resolve_device, resolve_dtype
 from app.errors import ModelLoadError
 from app.families import Family, family_from_model_type
+from app.model_path import require_model_path
 from app.prompts import grounding_prompt
 from app.result import GroundingResult
 from app.settings import Settings, parse_max_memory
@@ -206,11 +207,7 @@ def effective_pixel_range(settings: Settings, checkpoint_size: dict) -> tuple[in
 
 
 def _detect_family(path: str) -> Family:
-    if not Path(path).exists() and not _looks_like_hub_id(path):
-        raise ModelLoadError(
-            f"MODEL_PATH {path!r} does not exist. Download a model with scripts/download_model.sh, "
-            "or set MODEL_PATH (config/chord.toml or the environment) to a checkpoint directory."
-        )
+    require_model_path(path)
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
@@ -228,12 +225,6 @@ def _detect_family(path: str) -> Family:
             "their answers can still be parsed with `python -m app parse --family qwen-vl`"
         )
     return family
-
-
-def _looks_like_hub_id(path: str) -> bool:
-    """``org/name`` that is not a local folder name such as ``models/...``."""
-    org, slash, name = path.partition("/")
-    return bool(slash) and "/" not in name and org not in ("models", ".", "..", "~") and not Path(org).exists()
 
 
 def _placement(device: str, max_memory: str) -> dict:

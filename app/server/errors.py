@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from app.errors import ChordError, InvalidRequest
+from app.scheduler import QueueFull
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_request": (422, "another field is missing or out of range, or the body is not valid JSON"),
     "model_loading": (503, "the model is still loading; retry when GET /health answers 200"),
     "model_load_failed": (503, "the model could not be loaded; GET /health says why"),
+    "busy": (503, "the queue is full; retry after the Retry-After header's seconds"),
+    "timeout": (504, "no answer within REQUEST_TIMEOUT_S"),
+    "shutting_down": (503, "the server is stopping; retry on another replica or in a moment"),
     "internal_error": (500, "an unexpected fault; the request id is in the server log"),
 }
 
@@ -60,7 +64,10 @@ def error_response(exc: Exception, request_id: str) -> JSONResponse:
     error = as_chord_error(exc)
     body = error.to_dict()
     body["error"]["request_id"] = request_id
-    return JSONResponse(body, status_code=error.status, headers={"X-Request-ID": request_id})
+    headers = {"X-Request-ID": request_id}
+    if isinstance(error, QueueFull):
+        headers["Retry-After"] = str(error.retry_after_s)
+    return JSONResponse(body, status_code=error.status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import gradio as gr
 from fastapi import FastAPI
 
+from app.errors import ChordError
 from app.server import metrics, routes_api, routes_health
 from app.server.errors import install_error_handlers
 from app.server.service import GroundingService, Loader, load_transformers_engine
@@ -22,10 +23,14 @@ DESCRIPTION = (
 )
 
 
-def create_app(settings: Settings, loader: Loader = load_transformers_engine) -> FastAPI:
+def create_app(
+    settings: Settings,
+    loader: Loader = load_transformers_engine,
+    on_load_failure: Callable[[ChordError], None] | None = None,
+) -> FastAPI:
     # Gradio makes no outside connection with analytics off, SSR off and no share link (read at call time).
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    service = GroundingService(settings, loader)
+    service = GroundingService(settings, loader, on_load_failure)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

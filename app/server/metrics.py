@@ -18,6 +18,8 @@ from prometheus_client import (
 )
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class Metrics:
@@ -41,7 +43,28 @@ class Metrics:
         self.model_load_seconds = Gauge(
             "chord_model_load_seconds", "Seconds the model took to load.", registry=self.registry
         )
+        self.queue_depth_gauge = Gauge("chord_queue_depth", "Requests waiting for the model.", registry=self.registry)
+        self.batch_size = Histogram(
+            "chord_batch_size", "Requests per batched generation.", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.queue_seconds = Histogram(
+            "chord_queue_seconds", "Time a request waited before its batch was formed.",
+            buckets=QUEUE_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.model_seconds = Histogram(
+            "chord_model_seconds", "Time one batch spent in the model.", buckets=LATENCY_BUCKETS, registry=self.registry
+        )
         self._gpu_memory: Gauge | None = None
+
+    # BatchObserver, called by the scheduler's threads.
+    def batch_done(self, size: int, queue_seconds, model_seconds: float) -> None:
+        self.batch_size.observe(size)
+        for waited in queue_seconds:
+            self.queue_seconds.observe(waited)
+        self.model_seconds.observe(model_seconds)
+
+    def queue_depth(self, depth: int) -> None:
+        self.queue_depth_gauge.set(depth)
 
     def watch_gpu_memory(self, read_bytes: Callable[[], float]) -> None:
         """Report GPU memory on each scrape (only called when the model runs on CUDA)."""

@@ -1,7 +1,8 @@
-"""The REST API: ``POST /api/ground`` (multipart) and ``POST /api/predict`` (JSON, base64 image)."""
+"""The REST API: ``POST /api/ground`` (multipart), ``/api/predict`` (JSON, base64) and ``/api/ground/batch``."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -13,7 +14,7 @@ from fastapi.routing import APIRoute
 from PIL import Image
 from starlette.responses import Response
 
-from app.errors import InvalidImage
+from app.errors import InvalidImage, InvalidRequest
 from app.images import open_image
 from app.server.errors import MissingImage, as_chord_error, error_response
 from app.server.records import RequestRecord
@@ -21,6 +22,7 @@ from app.server.schemas import (
     MAX_NEW_TOKENS_HELP,
     PROMPT_HELP,
     SCORE_THRESHOLD_HELP,
+    BatchResponse,
     GroundingResponse,
     PredictRequest,
     error_responses,
@@ -32,7 +34,14 @@ logger = logging.getLogger(__name__)
 IMAGE_TYPES = "JPEG, PNG, WebP, BMP, GIF, TIFF"
 IMAGE_HELP = f"The image file ({IMAGE_TYPES}); its EXIF rotation is applied."
 GROUND_ERRORS = error_responses(
-    "invalid_image", "missing_image", "empty_prompt", "invalid_request", "model_loading", "internal_error"
+    "invalid_image",
+    "missing_image",
+    "empty_prompt",
+    "invalid_request",
+    "model_loading",
+    "busy",
+    "timeout",
+    "internal_error",
 )
 
 
@@ -95,6 +104,47 @@ async def predict(request: Request, body: PredictRequest) -> dict:
         score_threshold=body.score_threshold,
     )
     return result.to_dict()
+
+
+@router.post("/ground/batch", response_model=BatchResponse, responses=GROUND_ERRORS)
+async def ground_batch(
+    request: Request,
+    images: list[UploadFile] = File(..., description="One or more image files, in order. " + IMAGE_HELP),
+    prompt: list[str] = Form(
+        ...,
+        description="One prompt for every image, or one prompt per image (same order). " + PROMPT_HELP,
+        examples=[["the red car"]],
+    ),
+    max_new_tokens: int | None = Form(None, ge=1, le=2048, description=MAX_NEW_TOKENS_HELP, examples=[256]),
+    score_threshold: float = Form(0.0, ge=0.0, le=1.0, description=SCORE_THRESHOLD_HELP, examples=[0.3]),
+) -> dict:
+    """Ground several images and/or prompts in one call; one result (or error) per image, in order.
+
+    The requests go through the batching scheduler together, so they share batched generations.
+    An item that fails (an unreadable image, a full queue) gets its own error entry; the others
+    still get their results.
+    """
+    service = request.app.state.service
+    if len(prompt) not in (1, len(images)):
+        raise InvalidRequest(f"send one prompt for all {len(images)} images or one per image, not {len(prompt)}")
+    if len(images) > service.settings.max_queue:
+        raise InvalidRequest(f"at most MAX_QUEUE={service.settings.max_queue} images per call, got {len(images)}")
+    prompts = prompt * len(images) if len(prompt) == 1 else prompt
+    contents = [await upload.read() for upload in images]
+
+    async def one(data: bytes, text: str) -> dict:
+        try:
+            phrases = split_phrases(text)
+            result = await service.ground_one(await _decode(data), phrases, max_new_tokens, score_threshold)
+        except Exception as exc:  # noqa: BLE001 - each item reports its own failure
+            return as_chord_error(exc).to_dict()
+        return result.to_dict()
+
+    results = await asyncio.gather(*(one(data, text) for data, text in zip(contents, prompts, strict=True)))
+    record = request.state.record
+    record.boxes = sum(len(r.get("boxes", [])) for r in results)
+    record.phrase_chars = sum(len(p) for p in prompts)
+    return {"results": results}
 
 
 async def _decode(data: bytes) -> Image.Image:

@@ -61,13 +61,21 @@ class GroundingResponse(BaseModel):
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable code: " + ", ".join(ERROR_CODES), examples=["empty_prompt"])
     message: str = Field(description="What went wrong, for people.", examples=["the prompt is empty"])
-    request_id: str = Field(description="Also in the server's log line for this request.", examples=["3f9c2a71b0de"])
+    request_id: str | None = Field(
+        None, description="Also in the server's log line for this request.", examples=["3f9c2a71b0de"]
+    )
 
 
 class ErrorBody(BaseModel):
     """The one error shape of the API."""
 
     error: ErrorDetail
+
+
+class BatchResponse(BaseModel):
+    """One entry per image, in the order sent: a result, or ``{"error": {"code", "message"}}``."""
+
+    results: list[GroundingResponse | ErrorBody] = Field(description="Results or per-item errors, in order.")
 
 
 def error_responses(*codes: str) -> dict[int | str, dict]:

@@ -1,7 +1,7 @@
 """The grounding service: settings, the engine once loaded, load state and counters.
 
-The model loads in a background thread so the port answers at once. Model work runs on one
-worker thread of its own, in arrival order, so the event loop (and ``/health``) stays free.
+The model loads in a background thread so the port answers at once. Model work goes through the
+batching scheduler (its own threads), so the event loop (and ``/health``) stays free.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 
 from PIL import Image
@@ -20,6 +19,7 @@ from PIL import Image
 from app.engine.base import Engine, GroundingRequest
 from app.errors import ChordError, InvalidRequest, ModelLoadError, ModelNotReady
 from app.result import GroundingResult
+from app.scheduler import BatchScheduler, RequestTimeout
 from app.server.errors import EmptyPrompt
 from app.server.metrics import Metrics
 from app.server.records import RequestRecord
@@ -56,18 +56,24 @@ def load_transformers_engine(settings: Settings) -> Engine:
 
 
 class GroundingService:
-    def __init__(self, settings: Settings, loader: Loader = load_transformers_engine):
+    def __init__(
+        self,
+        settings: Settings,
+        loader: Loader = load_transformers_engine,
+        on_load_failure: Callable[[ChordError], None] | None = None,
+    ):
         self.settings = settings
         self.metrics = Metrics()
         self._loader = loader
+        self._on_load_failure = on_load_failure
         self._engine: Engine | None = None
+        self._scheduler: BatchScheduler | None = None
         self._state = LoadState.LOADING
         self._load_error: ChordError | None = None
         self._load_seconds: float | None = None
         self._started = time.monotonic()
         self._served = 0
         self._in_flight = 0
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chord-model")
 
     # --- loading -------------------------------------------------------------------------
     def start_loading(self) -> None:
@@ -91,6 +97,14 @@ class GroundingService:
             from app.engine.runtime import cuda_memory_allocated
 
             self.metrics.watch_gpu_memory(cuda_memory_allocated)
+        self._scheduler = BatchScheduler(
+            engine,
+            max_batch_size=self.settings.max_batch_size,
+            max_batch_wait_ms=self.settings.max_batch_wait_ms,
+            max_queue=self.settings.max_queue,
+            request_timeout_s=self.settings.request_timeout_s,
+            observer=self.metrics,
+        )
         self._engine = engine
         self._state = LoadState.READY
         self.metrics.model_ready.set(1)
@@ -99,10 +113,13 @@ class GroundingService:
     def _fail(self, error: ChordError) -> None:
         self._load_error = error
         self._state = LoadState.FAILED
-        logger.error("the model could not be loaded; the server stays up and /health says why: %s", error.message)
+        logger.error("the model could not be loaded: %s", error.message)
+        if self._on_load_failure is not None:
+            self._on_load_failure(error)
 
     def close(self) -> None:
-        self._worker.shutdown(wait=False, cancel_futures=True)
+        if self._scheduler is not None:
+            self._scheduler.stop()
 
     # --- state ---------------------------------------------------------------------------
     @property
@@ -127,7 +144,10 @@ class GroundingService:
         if self._engine is not None:
             body.update(self._engine.info.to_dict())
             body.update(
-                requests_served=self._served, queue_depth=self._in_flight, load_seconds=round(self._load_seconds, 1)
+                requests_served=self._served,
+                queue_depth=self._scheduler.depth if self._scheduler else 0,
+                in_flight=self._in_flight,
+                load_seconds=round(self._load_seconds, 1),
             )
         elif self._load_error is not None:
             body.update(self._load_error.to_dict())
@@ -152,22 +172,36 @@ class GroundingService:
         score_threshold: float = 0.0,
         prompt_template: str | None = None,
     ) -> GroundingResult:
-        """Ground ``phrases`` (from ``split_phrases``) in ``image`` on the model thread; fills ``record``."""
+        """Ground ``phrases`` (from ``split_phrases``) in ``image`` through the scheduler; fills ``record``."""
         record.image_wh = image.size
+        result = await self.ground_one(image, phrases, max_new_tokens, score_threshold, prompt_template)
+        record.boxes = len(result.boxes)
+        return result
+
+    async def ground_one(
+        self,
+        image: Image.Image,
+        phrases: tuple[str, ...],
+        max_new_tokens: int | None = None,
+        score_threshold: float = 0.0,
+        prompt_template: str | None = None,
+    ) -> GroundingResult:
+        """One request through the batching scheduler: 503 busy at once when the queue is full, 504 on timeout."""
         template = (prompt_template or "").strip() or None
         if template is not None and "{targets}" not in template:
             raise InvalidRequest("a prompt template must contain the placeholder {targets}")
-        engine = self._require_engine()
+        self._require_engine()
         request = GroundingRequest(image, phrases, max_new_tokens=max_new_tokens, prompt_template=template)
+        future = self._scheduler.submit(request)
         self._in_flight += 1
         self.metrics.in_flight.inc()
         try:
-            future = self._worker.submit(engine.ground, [request])
-            result = (await asyncio.wrap_future(future))[0]
+            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout=self.settings.request_timeout_s)
+        except asyncio.TimeoutError:  # the builtin TimeoutError on Python >= 3.11
+            future.cancel()
+            raise RequestTimeout(f"no answer within REQUEST_TIMEOUT_S={self.settings.request_timeout_s:g} s") from None
         finally:
             self._in_flight -= 1
             self.metrics.in_flight.dec()
         self._served += 1
-        result = result.above(score_threshold)
-        record.boxes = len(result.boxes)
-        return result
+        return result.above(score_threshold)
