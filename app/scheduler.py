@@ -1,8 +1,8 @@
 """Dynamic batching in front of one engine: a bounded queue, batches, timeouts, backpressure.
 
 Every caller (UI, REST, batch tools) submits one request and gets a future. A collector thread
-takes up to ``max_batch_size`` waiting requests (waiting at most ``max_batch_wait_ms`` for a
-batch to fill), prepares them (processor work) and hands the prepared batch to the model thread,
+takes up to ``max_batch_size`` waiting requests (while the model is busy it waits at most
+``max_batch_wait_ms`` for a batch to fill; an idle model gets what is queued at once), prepares them (processor work) and hands the prepared batch to the model thread,
 so the next batch is prepared while the current one generates. Each caller gets its own result.
 A full queue refuses at once (QueueFull, with a retry hint); a request still queued when its
 timeout passes is answered with RequestTimeout. Nothing accepted is dropped: every accepted
@@ -85,6 +85,7 @@ class BatchScheduler:
         self._waiting: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
         self._prepared: queue.Queue = queue.Queue(maxsize=1)
         self._stop = threading.Event()
+        self._model_busy = threading.Event()
         self._last_batch_seconds = 1.0
         self._threads = [
             threading.Thread(target=self._collect_loop, name="chord-batch-collect", daemon=True),
@@ -157,7 +158,9 @@ class BatchScheduler:
         except queue.Empty:
             return []
         batch = [first]
-        fill_until = time.monotonic() + self.max_batch_wait_s
+        # An idle model takes what is already queued at once: waiting only helps while it is busy.
+        idle = not self._model_busy.is_set() and self._prepared.empty()
+        fill_until = time.monotonic() + (0.0 if idle else self.max_batch_wait_s)
         while len(batch) < self.max_batch_size:
             remaining = fill_until - time.monotonic()
             try:
@@ -183,7 +186,11 @@ class BatchScheduler:
                 batch, collected_at, prepared = self._prepared.get(timeout=0.1)
             except queue.Empty:
                 continue
-            self._run(batch, collected_at, prepared)
+            self._model_busy.set()
+            try:
+                self._run(batch, collected_at, prepared)
+            finally:
+                self._model_busy.clear()
 
     def _run(self, batch: list[_Job], collected_at: float, prepared) -> None:
         started = time.monotonic()

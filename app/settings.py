@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the server binds.")
     port: int = Field(7860, ge=1, le=65535, description="Port the server listens on.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
-    max_batch_size: int = Field(8, ge=1, le=256, description="Most requests per batched generation; 1 = no batching.")
+    max_batch_size: int = Field(16, ge=1, le=256, description="Most requests per batched generation; 1 = no batching.")
     max_batch_wait_ms: float = Field(10.0, ge=0, le=10_000, description="Longest wait for a batch to fill, in ms.")
     max_queue: int = Field(64, ge=1, le=100_000, description="Requests waiting beyond this are refused with 503.")
     exit_on_load_failure: bool = Field(

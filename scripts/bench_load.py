@@ -191,7 +191,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=160, help="requests per phase")
     parser.add_argument("--duration", type=float, default=120, help="seconds per phase, at most")
     parser.add_argument("--overhead-requests", type=int, default=20)
-    parser.add_argument("--batch-size", default="8", help="MAX_BATCH_SIZE of the batched server")
+    parser.add_argument("--batch-size", default="16", help="MAX_BATCH_SIZE of the batched server")
     parser.add_argument("--server-env", action="append", default=[], help="extra KEY=VALUE for both servers")
     parser.add_argument("--out", default="bench_load.json")
     args = parser.parse_args()
