@@ -2,8 +2,9 @@
 
 Every caller (UI, REST, batch tools) submits one request and gets a future. A collector thread
 takes up to ``max_batch_size`` waiting requests (while the model is busy it waits at most
-``max_batch_wait_ms`` for a batch to fill; an idle model gets what is queued at once), prepares them (processor work) and hands the prepared batch to the model thread,
-so the next batch is prepared while the current one generates. Each caller gets its own result.
+``max_batch_wait_ms`` for a batch to fill; an idle model gets what is queued at once), prepares
+them (processor work) and hands the prepared batch to the model thread, so the next batch is
+prepared while the current one generates. Each caller gets its own result.
 A full queue refuses at once (QueueFull, with a retry hint); a request still queued when its
 timeout passes is answered with RequestTimeout. Nothing accepted is dropped: every accepted
 request's future is completed with a result or an error, also at shutdown.
