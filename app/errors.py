@@ -37,6 +37,13 @@ class ModelNotReady(ChordError):
     code = "model_loading"
 
 
+class OutOfMemory(ChordError):
+    """The accelerator ran out of memory on this request; the cache was freed and serving goes on."""
+
+    status = 503
+    code = "out_of_memory"
+
+
 class SettingsError(ChordError):
     """A bad setting; raised at start-up, before anything serves."""
 

@@ -25,6 +25,7 @@ DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config" / "chord.toml"
 # Qwen2.5-VL: one visual token per 28x28 pixels; grounding is reported to degrade at the
 # processor's 16k-token maximum, so the default keeps images near 1280 visual tokens.
 PIXELS_PER_VISUAL_TOKEN = 28 * 28
+SECRET_FIELDS = ("api_key", "ui_auth")
 _MEMORY_BUDGET = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
 
 
@@ -66,6 +67,18 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16, ge=1, le=256, description="Most requests per batched generation; 1 = no batching.")
     max_batch_wait_ms: float = Field(10.0, ge=0, le=10_000, description="Longest wait for a batch to fill, in ms.")
     max_queue: int = Field(64, ge=1, le=100_000, description="Requests waiting beyond this are refused with 503.")
+    max_upload_bytes: int = Field(20_000_000, ge=1, description="Largest accepted upload, in bytes; larger gets 413.")
+    max_image_pixels: int = Field(
+        100_000_000, ge=1, le=170_000_000, description="Largest image (w*h) decoded; larger gets 413 before decoding."
+    )
+    max_image_side: int = Field(
+        4096, ge=64, description="Longer sides are downscaled for the model; boxes map back to the original."
+    )
+    max_prompt_chars: int = Field(500, ge=1, le=100_000, description="Longest prompt, in characters; longer gets 422.")
+    tiling: bool = Field(False, description="Ground huge images tile by tile (also per request: tiling=true).")
+    tile_size: int = Field(1024, ge=256, description="Tile side, in pixels of the original image, when tiling.")
+    api_key: str = Field("", description="When set, REST and Gradio API calls need it (Bearer or X-API-Key).")
+    ui_auth: str = Field("", description="UI logins 'user:password[,user2:password2]'; empty = no UI login.")
     exit_on_load_failure: bool = Field(
         True, description="Exit (status 3) when the model cannot load, so Supervisor marks it FATAL."
     )
@@ -108,7 +121,10 @@ class Settings(BaseSettings):
         return str(path)
 
     def describe(self) -> str:
-        return ", ".join(f"{name}={value!r}" for name, value in self.model_dump().items())
+        """Every setting for the start-up log line, secrets masked."""
+        values = self.model_dump()
+        shown = {name: ("***" if name in SECRET_FIELDS and value else value) for name, value in values.items()}
+        return ", ".join(f"{name}={value!r}" for name, value in shown.items())
 
 
 def load_settings(**overrides) -> Settings:

@@ -15,11 +15,10 @@ from PIL import Image
 from app.drawing import draw_result
 from app.errors import ChordError
 from app.fonts import label_font
-from app.images import open_image
 from app.result import GroundingResult
 from app.server.errors import MissingImage
 from app.server.records import RequestRecord
-from app.server.service import GroundingService, split_phrases
+from app.server.service import GroundingService
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +59,11 @@ class ChordUI:
         record = RequestRecord(endpoint=UI_ENDPOINT)
         metrics = self.service.metrics
         try:
-            phrases = split_phrases(phrase, record)
+            phrases = self.service.phrases(phrase, record)
             if image is None:
                 raise MissingImage("Add an image first: drop it in, paste it or click to upload.")
-            decoded = await anyio.to_thread.run_sync(open_image, image)
+            # A path from Gradio's own upload cache (Gradio refuses client paths outside it).
+            decoded = await self.service.decode(await anyio.Path(image).read_bytes())
             result = await self.service.ground(
                 decoded,
                 phrases,
@@ -134,7 +134,8 @@ def _remember(history: list, annotated: Image.Image, result: GroundingResult) ->
 
 def build_ui(service: GroundingService) -> gr.Blocks:
     ui = ChordUI(service)
-    with gr.Blocks(title="Chord", analytics_enabled=False) as demo:
+    # Gradio keeps uploads and outputs in its cache: every 10 minutes drop files older than 30.
+    with gr.Blocks(title="Chord", analytics_enabled=False, delete_cache=(600, 1800)) as demo:
         header = gr.Markdown(header_text(service), elem_id="chord-header")
         history = gr.State([])
         with gr.Row(equal_height=False):

@@ -25,7 +25,7 @@ def _png(sample_png: str) -> dict:
     ("make_files", "prompt", "fields", "status", "code"),
     [
         (lambda png: None, "the cat", {}, 422, "missing_image"),  # no image field
-        (lambda png: {"image": ("empty.png", b"", "image/png")}, "the cat", {}, 422, "missing_image"),  # empty file
+        (lambda png: {"image": ("empty.png", b"", "image/png")}, "the cat", {}, 400, "invalid_image"),  # zero bytes
         (_png, "", {}, 422, "empty_prompt"),  # empty phrase
         (_png, "  ; \n ;", {}, 422, "empty_prompt"),  # only separators
         (_png, None, {}, 422, "empty_prompt"),  # no prompt field
@@ -49,7 +49,7 @@ def test_ground_errors(server, sample_png, make_files, prompt, fields, status, c
     ("body", "status", "code"),
     [
         ({"prompt": "the cat"}, 422, "missing_image"),  # no image key
-        ({"image": "", "prompt": "the cat"}, 422, "missing_image"),  # empty image
+        ({"image": "", "prompt": "the cat"}, 400, "invalid_image"),  # zero bytes
         ({"image": "not base64!!", "prompt": "the cat"}, 400, "invalid_image"),  # bad base64
         ({"image": "aGVsbG8=", "prompt": "the cat"}, 400, "invalid_image"),  # base64 of text
         ({"image": "aGVsbG8=", "prompt": ""}, 422, "empty_prompt"),  # empty phrase
@@ -86,14 +86,14 @@ def test_a_model_that_cannot_load_keeps_the_server_up_and_says_why(broken_server
 
 
 def test_an_enormous_image_is_refused_not_a_server_fault(server):
-    # A valid PNG header claiming 20000 x 10000 pixels: Pillow refuses it before decoding.
+    # A valid PNG header claiming 20000 x 10000 pixels: refused from the header, before decoding.
     header = zlib.crc32(b"IHDR" + struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0))
     ihdr = struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0)
     png = b"\x89PNG\r\n\x1a\n" + ihdr + struct.pack(">I", header) + b"\x00\x00\x00\x00IEND\xaeB`\x82"
     response = _post_ground(server, {"image": ("huge.png", png, "image/png")}, "the cat")
-    assert response.status_code == 400, response.text
-    assert response.json()["error"]["code"] == "invalid_image"
-    assert "too large" in response.json()["error"]["message"]
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "image_too_large"
+    assert "MAX_IMAGE_PIXELS" in response.json()["error"]["message"]
 
 
 def test_by_default_a_model_that_cannot_load_ends_the_process_with_the_cause(tmp_path):

@@ -57,3 +57,9 @@ def dtype_name(dtype: torch.dtype) -> str:
 def cuda_memory_allocated() -> float:
     """Bytes held by torch tensors on the current CUDA device (0 without CUDA); for /metrics."""
     return float(torch.cuda.memory_allocated()) if torch.cuda.is_available() else 0.0
+
+
+def release_cuda_cache() -> None:
+    """Give cached CUDA blocks back after an out-of-memory error, so the next request can run."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -27,8 +27,8 @@ from transformers import (
 
 from app.answers import build_result
 from app.engine.base import EngineInfo, GroundingRequest
-from app.engine.runtime import dtype_name, resolve_attn_impl, resolve_device, resolve_dtype
-from app.errors import ModelLoadError
+from app.engine.runtime import dtype_name, release_cuda_cache, resolve_attn_impl, resolve_device, resolve_dtype
+from app.errors import ModelLoadError, OutOfMemory
 from app.families import Family, family_from_model_type
 from app.model_path import require_model_path
 from app.prompts import grounding_prompt
@@ -129,16 +129,23 @@ class TransformersEngine:
         input_whs = self._input_whs(inputs["image_grid_thw"])
         limits = [r.max_new_tokens or self.settings.max_new_tokens for r in requests]
         recorder = ChosenTokenLogprobs()
-        with torch.inference_mode():
-            output = self.model.generate(
-                **inputs.to(self.model.device),
-                max_new_tokens=max(limits),
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                logits_processor=LogitsProcessorList([recorder]),
-            )
+        try:
+            with torch.inference_mode():
+                output = self.model.generate(
+                    **inputs.to(self.model.device),
+                    max_new_tokens=max(limits),
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    logits_processor=LogitsProcessorList([recorder]),
+                )
+        except torch.OutOfMemoryError:
+            del inputs
+            release_cuda_cache()
+            raise OutOfMemory(
+                f"the GPU ran out of memory on a batch of {len(requests)}; lower MAX_BATCH_SIZE or MAX_PIXELS"
+            ) from None
         generated = output[:, inputs["input_ids"].shape[1] :].cpu()
         logprobs = torch.stack(recorder.logprobs, dim=1) if recorder.logprobs else torch.zeros(len(requests), 0)
         latency_ms = (time.perf_counter() - prepared.started) * 1000

@@ -35,11 +35,17 @@ class InternalError(ChordError):
 # Documented in /docs and docs/server-notes.md: status -> (code, when).
 ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_image": (400, "the file or base64 data is not an image Pillow can decode"),
-    "missing_image": (422, "the request carries no image, or an empty one"),
+    "missing_image": (422, "the request carries no image field"),
     "empty_prompt": (422, "the prompt holds no phrase once split on ';' and newlines"),
     "invalid_request": (422, "another field is missing or out of range, or the body is not valid JSON"),
     "model_loading": (503, "the model is still loading; retry when GET /health answers 200"),
     "model_load_failed": (503, "the model could not be loaded; GET /health says why"),
+    "unsupported_media_type": (415, "the upload is not one of the accepted image formats; the message lists them"),
+    "payload_too_large": (413, "the upload is larger than MAX_UPLOAD_BYTES"),
+    "image_too_large": (413, "the image has more pixels than MAX_IMAGE_PIXELS (checked before decoding)"),
+    "prompt_too_long": (422, "the prompt is longer than MAX_PROMPT_CHARS"),
+    "unauthorized": (401, "API_KEY is set and the request carries no valid key"),
+    "out_of_memory": (503, "the GPU ran out of memory on this request; retry, or lower MAX_BATCH_SIZE / MAX_PIXELS"),
     "busy": (503, "the queue is full; retry after the Retry-After header's seconds"),
     "timeout": (504, "no answer within REQUEST_TIMEOUT_S"),
     "shutting_down": (503, "the server is stopping; retry on another replica or in a moment"),

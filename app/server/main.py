@@ -8,9 +8,11 @@ from contextlib import asynccontextmanager
 
 import gradio as gr
 from fastapi import FastAPI
+from starlette.routing import Mount
 
 from app.errors import ChordError
 from app.server import metrics, routes_api, routes_health
+from app.server.access import ApiKeyMiddleware, ui_logins, warn_if_exposed
 from app.server.errors import install_error_handlers
 from app.server.service import GroundingService, Loader, load_transformers_engine
 from app.settings import Settings
@@ -45,7 +47,8 @@ def create_app(
     app.include_router(routes_health.router)
     app.include_router(metrics.router)
     app.include_router(routes_api.router)
-    return gr.mount_gradio_app(
+    warn_if_exposed(settings)
+    app = gr.mount_gradio_app(
         app,
         build_ui(service),
         path="/",
@@ -55,4 +58,10 @@ def create_app(
         css=CSS,
         server_name=settings.host,
         server_port=settings.port,
+        auth=ui_logins(settings),
+        auth_message="Chord: sign in (programs: the user 'api' with the API key as password)",
     )
+    if settings.api_key:
+        gradio_app = next(route.app for route in app.routes if isinstance(route, Mount) and route.path == "")
+        app.add_middleware(ApiKeyMiddleware, key=settings.api_key, gradio_app=gradio_app)
+    return app

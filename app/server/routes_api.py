@@ -8,32 +8,35 @@ import binascii
 import logging
 from collections.abc import Callable
 
-import anyio
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.routing import APIRoute
-from PIL import Image
 from starlette.responses import Response
 
 from app.errors import InvalidImage, InvalidRequest
-from app.images import open_image
-from app.server.errors import MissingImage, as_chord_error, error_response
+from app.server.errors import as_chord_error, error_response
 from app.server.records import RequestRecord
 from app.server.schemas import (
     MAX_NEW_TOKENS_HELP,
     PROMPT_HELP,
     SCORE_THRESHOLD_HELP,
+    TILING_HELP,
     BatchResponse,
     GroundingResponse,
     PredictRequest,
     error_responses,
 )
-from app.server.service import split_phrases
 
 logger = logging.getLogger(__name__)
 
 IMAGE_TYPES = "JPEG, PNG, WebP, BMP, GIF, TIFF"
 IMAGE_HELP = f"The image file ({IMAGE_TYPES}); its EXIF rotation is applied."
 GROUND_ERRORS = error_responses(
+    "unauthorized",
+    "unsupported_media_type",
+    "payload_too_large",
+    "image_too_large",
+    "prompt_too_long",
+    "out_of_memory",
     "invalid_image",
     "missing_image",
     "empty_prompt",
@@ -81,27 +84,32 @@ async def ground(
     prompt: str = Form(..., description=PROMPT_HELP, examples=["the red car; the person on the left"]),
     max_new_tokens: int | None = Form(None, ge=1, le=2048, description=MAX_NEW_TOKENS_HELP, examples=[256]),
     score_threshold: float = Form(0.0, ge=0.0, le=1.0, description=SCORE_THRESHOLD_HELP, examples=[0.3]),
+    tiling: bool | None = Form(None, description=TILING_HELP, examples=[False]),
 ) -> dict:
     """Find the objects a prompt names in an uploaded image (multipart form)."""
-    phrases = split_phrases(prompt, request.state.record)
-    decoded = await _decode(await image.read())
-    result = await request.app.state.service.ground(
-        decoded, phrases, request.state.record, max_new_tokens=max_new_tokens, score_threshold=score_threshold
-    )
+    service = request.app.state.service
+    phrases = service.phrases(prompt, request.state.record)
+    decoded = await service.decode(await image.read())
+    result = await service.ground(
+        decoded, phrases, request.state.record, max_new_tokens=max_new_tokens, score_threshold=score_threshold,
+        tiling=tiling,
+    )  # fmt: skip
     return result.to_dict()
 
 
 @router.post("/predict", response_model=GroundingResponse, responses=GROUND_ERRORS)
 async def predict(request: Request, body: PredictRequest) -> dict:
     """Find the objects a prompt names in a base64-encoded image (JSON body)."""
-    phrases = split_phrases(body.prompt, request.state.record)
-    decoded = await _decode(_from_base64(body.image))
-    result = await request.app.state.service.ground(
+    service = request.app.state.service
+    phrases = service.phrases(body.prompt, request.state.record)
+    decoded = await service.decode(_from_base64(body.image))
+    result = await service.ground(
         decoded,
         phrases,
         request.state.record,
         max_new_tokens=body.max_new_tokens,
         score_threshold=body.score_threshold,
+        tiling=body.tiling,
     )
     return result.to_dict()
 
@@ -134,8 +142,8 @@ async def ground_batch(
 
     async def one(data: bytes, text: str) -> dict:
         try:
-            phrases = split_phrases(text)
-            result = await service.ground_one(await _decode(data), phrases, max_new_tokens, score_threshold)
+            phrases = service.phrases(text)
+            result = await service.ground_one(await service.decode(data), phrases, max_new_tokens, score_threshold)
         except Exception as exc:  # noqa: BLE001 - each item reports its own failure
             return as_chord_error(exc).to_dict()
         return result.to_dict()
@@ -145,17 +153,6 @@ async def ground_batch(
     record.boxes = sum(len(r.get("boxes", [])) for r in results)
     record.phrase_chars = sum(len(p) for p in prompts)
     return {"results": results}
-
-
-async def _decode(data: bytes) -> Image.Image:
-    if not data:
-        raise MissingImage("the image is empty: send the image file's bytes")
-    try:
-        return await anyio.to_thread.run_sync(open_image, data)
-    except InvalidImage:
-        raise InvalidImage("'image' is not an image file Chord can read (" + IMAGE_TYPES + ")") from None
-    except Image.DecompressionBombError as exc:  # Pillow refuses images of more than ~179 megapixels
-        raise InvalidImage(f"'image' is too large: {exc}") from None
 
 
 def _from_base64(text: str) -> bytes:

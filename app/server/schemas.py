@@ -12,6 +12,7 @@ PROMPT_HELP = (
 )
 MAX_NEW_TOKENS_HELP = "Most tokens the model may generate for this answer; default MAX_NEW_TOKENS from the settings."
 SCORE_THRESHOLD_HELP = "Drop boxes whose confidence score is below this (0 keeps every box)."
+TILING_HELP = "Ground a huge image tile by tile (boxes merged with NMS); default TILING from the settings."
 
 
 class PredictRequest(BaseModel):
@@ -25,6 +26,7 @@ class PredictRequest(BaseModel):
     prompt: str = Field(..., description=PROMPT_HELP, examples=["the red car; the person on the left"])
     max_new_tokens: int | None = Field(None, ge=1, le=2048, description=MAX_NEW_TOKENS_HELP, examples=[256])
     score_threshold: float = Field(0.0, ge=0.0, le=1.0, description=SCORE_THRESHOLD_HELP, examples=[0.3])
+    tiling: bool | None = Field(None, description=TILING_HELP, examples=[False])
 
 
 class GroundingResponse(BaseModel):

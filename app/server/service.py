@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from enum import Enum
 
+import anyio
 from PIL import Image
 
 from app.engine.base import Engine, GroundingRequest
@@ -24,6 +25,8 @@ from app.server.errors import EmptyPrompt
 from app.server.metrics import Metrics
 from app.server.records import RequestRecord
 from app.settings import Settings
+from app.tiling import combine, downscaled_wh, rescale_result, shift_result, tile_windows
+from app.uploads import UploadLimits, clean_prompt, decode_upload
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +36,11 @@ PHRASE_SEPARATORS = re.compile(r"[;；\r\n]+")
 Loader = Callable[[Settings], Engine]
 
 
-def split_phrases(prompt: str | None, record: RequestRecord | None = None) -> tuple[str, ...]:
-    """``"cat; red car"`` -> ``("cat", "red car")``; EmptyPrompt when no phrase is left."""
-    phrases = tuple(p.strip() for p in PHRASE_SEPARATORS.split(prompt or "") if p.strip())
+def split_phrases(prompt: str | None, record: RequestRecord | None = None, max_chars: int = 500) -> tuple[str, ...]:
+    """``"cat; red car"`` -> ``("cat", "red car")``; control characters dropped; PromptTooLong past
+    ``max_chars``; EmptyPrompt when no phrase is left."""
+    prompt = clean_prompt(prompt, max_chars)
+    phrases = tuple(p.strip() for p in PHRASE_SEPARATORS.split(prompt) if p.strip())
     if record is not None:
         record.phrase_chars = len((prompt or "").strip())
     if not phrases:
@@ -162,6 +167,16 @@ class GroundingService:
             raise ModelLoadError(self._load_error.message)
         raise ModelNotReady("the model is still loading; try again in a moment (GET /health says when it is ready)")
 
+    # --- input -----------------------------------------------------------------------------
+    def phrases(self, prompt: str | None, record: RequestRecord | None = None) -> tuple[str, ...]:
+        """The phrases of a prompt, checked the same way for the UI and REST."""
+        return split_phrases(prompt, record, self.settings.max_prompt_chars)
+
+    async def decode(self, data: bytes) -> Image.Image:
+        """An uploaded image checked and decoded off the event loop, the same way for the UI and REST."""
+        limits = UploadLimits(self.settings.max_upload_bytes, self.settings.max_image_pixels)
+        return await anyio.to_thread.run_sync(decode_upload, data, limits)
+
     # --- grounding -----------------------------------------------------------------------
     async def ground(
         self,
@@ -171,12 +186,40 @@ class GroundingService:
         max_new_tokens: int | None = None,
         score_threshold: float = 0.0,
         prompt_template: str | None = None,
+        tiling: bool | None = None,
     ) -> GroundingResult:
-        """Ground ``phrases`` (from ``split_phrases``) in ``image`` through the scheduler; fills ``record``."""
+        """Ground ``phrases`` (from ``phrases()``) in ``image`` through the scheduler; fills ``record``.
+
+        Images longer than MAX_IMAGE_SIDE are downscaled for the model; with tiling (the setting
+        or the request) a huge image is also grounded tile by tile and the boxes merged with NMS.
+        Boxes always come back in pixels of ``image``.
+        """
         record.image_wh = image.size
-        result = await self.ground_one(image, phrases, max_new_tokens, score_threshold, prompt_template)
+        use_tiling = self.settings.tiling if tiling is None else tiling
+        if use_tiling and max(image.size) > self.settings.tile_size:
+            result = await self._ground_tiled(image, phrases, max_new_tokens, score_threshold, prompt_template)
+        else:
+            result = await self._ground_fitted(image, phrases, max_new_tokens, score_threshold, prompt_template)
         record.boxes = len(result.boxes)
         return result
+
+    async def _ground_fitted(self, image: Image.Image, *args) -> GroundingResult:
+        smaller = downscaled_wh(image.size, self.settings.max_image_side)
+        if smaller is None:
+            return await self.ground_one(image, *args)
+        resized = await anyio.to_thread.run_sync(image.resize, smaller, Image.Resampling.BICUBIC)
+        return rescale_result(await self.ground_one(resized, *args), image.size)
+
+    async def _ground_tiled(self, image: Image.Image, *args) -> GroundingResult:
+        from app.engine.nms import nms_keep
+
+        windows = tile_windows(image.size, self.settings.tile_size)
+        crops = [await anyio.to_thread.run_sync(image.crop, window) for window in windows]
+        parts = await asyncio.gather(self._ground_fitted(image, *args), *(self._ground_fitted(c, *args) for c in crops))
+        placed = [parts[0]] + [shift_result(r, w, image.size) for r, w in zip(parts[1:], windows, strict=True)]
+        boxes = [b for r in placed for b in r.boxes]
+        keep = nms_keep(boxes, [s for r in placed for s in r.scores], [label for r in placed for label in r.labels])
+        return combine(placed, keep, image.size)
 
     async def ground_one(
         self,

@@ -1,0 +1,113 @@
+"""Who may call: an optional API key for REST and the Gradio API, optional logins for the UI.
+
+With API_KEY set, ``/api/*`` needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (401
+``unauthorized`` otherwise). The Gradio side (the page and its API) is guarded by Gradio's own
+login; a request with the key in a header is let through it as the user ``api``, so programs
+use the same header everywhere. ``/health`` and ``/metrics`` stay open for the watchdog and
+Prometheus: bind them to loopback or guard them at the proxy.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import secrets
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.errors import ChordError
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+API_USER = "api"
+OPEN_PATHS = ("/health", "/metrics")
+
+
+class Unauthorized(ChordError):
+    status = 401
+    code = "unauthorized"
+
+
+def ui_logins(settings: Settings) -> list[tuple[str, str]] | None:
+    """Gradio ``auth`` pairs from UI_AUTH, plus ``api`` / API_KEY; None when neither is set."""
+    logins = []
+    for pair in filter(None, (p.strip() for p in settings.ui_auth.split(","))):
+        user, sep, password = pair.partition(":")
+        if not sep or not user or not password:
+            raise ValueError("UI_AUTH must be 'user:password' pairs separated by commas")
+        logins.append((user, password))
+    if settings.api_key:
+        logins.append((API_USER, settings.api_key))
+    return logins or None
+
+
+def key_in_headers(headers: dict[str, str], key: str) -> bool:
+    given = headers.get("x-api-key", "")
+    authorization = headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        given = given or authorization[7:].strip()
+    return bool(given) and hmac.compare_digest(given.encode(), key.encode())
+
+
+def warn_if_exposed(settings: Settings) -> None:
+    if settings.api_key or _is_loopback(settings.host):
+        return
+    logger.warning(
+        "binding %s, reachable from other machines, with no API_KEY: anyone who can reach port %d can "
+        "use the model. Set API_KEY (and UI_AUTH), or bind 127.0.0.1 behind a proxy with auth.",
+        settings.host, settings.port,
+    )  # fmt: skip
+
+
+class ApiKeyMiddleware:
+    """Enforces API_KEY on REST; turns the key into a Gradio session for the Gradio API."""
+
+    def __init__(self, app: ASGIApp, key: str, gradio_app=None):
+        self.app = app
+        self.key = key
+        self.gradio_app = gradio_app
+        self._gradio_token = secrets.token_urlsafe(32)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.key or scope["path"].startswith(OPEN_PATHS):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        has_key = key_in_headers(headers, self.key)
+        if scope["path"].startswith("/api/"):
+            if not has_key:
+                return await _unauthorized(scope, send)
+        elif has_key and self.gradio_app is not None:
+            scope = self._with_gradio_session(scope)
+        return await self.app(scope, receive, send)
+
+    def _with_gradio_session(self, scope: Scope) -> Scope:
+        """The key counts as Gradio's login: add a session cookie for the ``api`` user."""
+        self.gradio_app.tokens[self._gradio_token] = API_USER
+        cookie = f"access-token-{self.gradio_app.cookie_id}={self._gradio_token}"
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"cookie"]
+        existing = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"cookie"), "")
+        headers.append((b"cookie", (f"{existing}; {cookie}" if existing else cookie).encode("latin-1")))
+        return {**scope, "headers": headers}
+
+
+async def _unauthorized(scope: Scope, send: Send) -> None:
+    from fastapi.responses import JSONResponse
+
+    error = Unauthorized("an API key is required: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
+    response = JSONResponse(error.to_dict(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    await response(scope, _noop_receive, send)
+
+
+async def _noop_receive():  # pragma: no cover - a 401 reads no body
+    return {"type": "http.disconnect"}
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
