@@ -82,7 +82,10 @@ def decode_upload(data: bytes, limits: UploadLimits) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap is checked below
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"the image has too many pixels to decode safely: {exc}") from None
+        raise ImageTooLarge(
+            f"the image has too many pixels to decode safely ({exc}); the limit is "
+            f"{limits.max_pixels / 1e6:.0f} megapixels (MAX_IMAGE_PIXELS)"
+        ) from None
     except UnidentifiedImageError:
         raise InvalidImage(f"could not decode image: not a file of a known image format ({ACCEPTED_TEXT})") from None
     except (OSError, ValueError, SyntaxError) as exc:
