@@ -9,6 +9,8 @@ from app.geometry import Box, Point, scale_box, scale_point, to_pixel_box, to_pi
 from app.result import GroundingResult
 
 TILE_OVERLAP = 0.2
+# Qwen's processors refuse images more than 200 times longer than wide; pad well before that.
+MAX_ASPECT = 150
 
 
 def downscaled_wh(image_wh: tuple[int, int], max_side: int) -> tuple[int, int] | None:
@@ -18,6 +20,29 @@ def downscaled_wh(image_wh: tuple[int, int], max_side: int) -> tuple[int, int] |
         return None
     scale = max_side / max(w, h)
     return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def padded_wh(image_wh: tuple[int, int], max_aspect: int = MAX_ASPECT) -> tuple[int, int] | None:
+    """The canvas an extreme strip (e.g. 10x3000) is padded to so its aspect ratio is ``max_aspect``."""
+    w, h = image_wh
+    if max(w, h) <= max_aspect * min(w, h):
+        return None
+    return (max(w, math.ceil(h / max_aspect)), max(h, math.ceil(w / max_aspect)))
+
+
+def crop_result(result: GroundingResult, image_wh: tuple[int, int]) -> GroundingResult:
+    """A result on a padded canvas (image at its top-left) cut back to the image: boxes clamped, those
+    wholly in the padding dropped."""
+    w, h = image_wh
+    keep = [i for i, b in enumerate(result.boxes) if b[0] < w and b[1] < h]
+    return replace(
+        result,
+        boxes=[list(to_pixel_box(Box(*result.boxes[i]), image_wh)) for i in keep],
+        labels=[result.labels[i] for i in keep],
+        scores=[result.scores[i] for i in keep],
+        points=[list(to_pixel_point(Point(*p), image_wh)) for p in result.points],
+        image_size=[w, h],
+    )
 
 
 def tile_windows(

@@ -61,7 +61,7 @@ def test_input_size_is_the_processors_resize(tiny_engine):
 
 def test_scores_are_token_probabilities(tiny_engine):
     request = GroundingRequest(noise_image((200, 200), 3), ("dog",))
-    inputs = tiny_engine._prepare([request])
+    inputs = tiny_engine.prepare([request]).inputs
     prompt_len = inputs["input_ids"].shape[1]
     import torch
 
@@ -99,7 +99,7 @@ def test_per_request_max_new_tokens_is_respected(tiny_engine):
     )
     import torch
 
-    inputs = tiny_engine._prepare([GroundingRequest(image, ("a",))])
+    inputs = tiny_engine.prepare([GroundingRequest(image, ("a",))]).inputs
     with torch.inference_mode():
         three = tiny_engine.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     expected = tiny_engine.processor.tokenizer.decode(three[0, inputs["input_ids"].shape[1] :])
@@ -147,3 +147,11 @@ def test_pixel_range_narrows_to_the_checkpoint(settings_range, checkpoint_range,
     settings = load_settings(min_pixels=settings_range[0], max_pixels=settings_range[1])
     size = {"shortest_edge": checkpoint_range[0], "longest_edge": checkpoint_range[1]}
     assert effective_pixel_range(settings, size) == expected
+
+
+@pytest.mark.parametrize("wh", [(10, 3000), (4000, 12), (1, 1)])
+def test_extreme_strips_are_padded_for_the_processor_and_cut_back(tiny_engine, wh):
+    result = tiny_engine.ground([GroundingRequest(noise_image(wh, 7), ("x",))])[0]
+    assert result.image_size == list(wh)
+    for x1, y1, x2, y2 in result.boxes:
+        assert 0 <= x1 < x2 <= wh[0] and 0 <= y1 < y2 <= wh[1]

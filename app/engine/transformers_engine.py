@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import torch
+from PIL import Image
 from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
@@ -34,6 +35,7 @@ from app.model_path import require_model_path
 from app.prompts import grounding_prompt
 from app.result import GroundingResult
 from app.settings import Settings, parse_max_memory
+from app.tiling import crop_result, padded_wh
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class PreparedBatch:
 
     inputs: BatchFeature
     started: float
+    image_whs: list[tuple[int, int]]  # what the processor was given (an extreme strip is padded)
 
 
 class TransformersEngine:
@@ -121,7 +124,8 @@ class TransformersEngine:
     def prepare(self, requests: Sequence[GroundingRequest]) -> PreparedBatch:
         """Processor work (prompt, resize, patches, padding); runs while another batch generates."""
         started = time.perf_counter()
-        return PreparedBatch(self._prepare(requests), started)
+        images = [_model_image(r.image) for r in requests]
+        return PreparedBatch(self._prepare(requests, images), started, [image.size for image in images])
 
     def generate(self, requests: Sequence[GroundingRequest], prepared: PreparedBatch) -> list[GroundingResult]:
         """One left-padded batched greedy generation; a result per request, in order."""
@@ -153,22 +157,23 @@ class TransformersEngine:
         for row, request in enumerate(requests):
             ids = self._answer_ids(generated[row], limits[row])
             prefixes = self._decoded_prefixes(ids)
-            results.append(
-                build_result(
-                    text=prefixes[-1] if prefixes else "",
-                    family=self.family,
-                    image_wh=request.image.size,
-                    input_wh=input_whs[row],
-                    phrases=request.phrases,
-                    model=self.info.model,
-                    latency_ms=latency_ms,
-                    token_prefixes=prefixes,
-                    token_logprobs=logprobs[row, : len(ids)].tolist(),
-                )
+            result = build_result(
+                text=prefixes[-1] if prefixes else "",
+                family=self.family,
+                image_wh=prepared.image_whs[row],
+                input_wh=input_whs[row],
+                phrases=request.phrases,
+                model=self.info.model,
+                latency_ms=latency_ms,
+                token_prefixes=prefixes,
+                token_logprobs=logprobs[row, : len(ids)].tolist(),
             )
+            if prepared.image_whs[row] != request.image.size:
+                result = crop_result(result, request.image.size)
+            results.append(result)
         return results
 
-    def _prepare(self, requests: Sequence[GroundingRequest]):
+    def _prepare(self, requests: Sequence[GroundingRequest], images: list[Image.Image]):
         texts = []
         for request in requests:
             prompt = grounding_prompt(request.phrases, self.family, request.prompt_template)
@@ -176,7 +181,7 @@ class TransformersEngine:
             texts.append(self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         return self.processor(
             text=texts,
-            images=[r.image for r in requests],
+            images=images,
             padding=True,
             return_tensors="pt",
             images_kwargs={"size": {"shortest_edge": self.pixel_range[0], "longest_edge": self.pixel_range[1]}},
@@ -200,6 +205,16 @@ class TransformersEngine:
         return self.processor.tokenizer.batch_decode(
             [ids[: i + 1] for i in range(len(ids))], skip_special_tokens=False, clean_up_tokenization_spaces=False
         )
+
+
+def _model_image(image: Image.Image) -> Image.Image:
+    """The image as the processor can take it: an extreme strip is padded (grey, at its right or bottom)."""
+    canvas_wh = padded_wh(image.size)
+    if canvas_wh is None:
+        return image
+    canvas = Image.new("RGB", canvas_wh, (128, 128, 128))
+    canvas.paste(image, (0, 0))
+    return canvas
 
 
 def effective_pixel_range(settings: Settings, checkpoint_size: dict) -> tuple[int, int]:
