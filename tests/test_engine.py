@@ -155,3 +155,22 @@ def test_extreme_strips_are_padded_for_the_processor_and_cut_back(tiny_engine, w
     assert result.image_size == list(wh)
     for x1, y1, x2, y2 in result.boxes:
         assert 0 <= x1 < x2 <= wh[0] and 0 <= y1 < y2 <= wh[1]
+
+
+def test_out_of_memory_frees_the_cache_and_is_a_clear_503(tiny_engine, monkeypatch):
+    """Fault injection: generate raises the OOM a full GPU raises; the engine answers, then serves on."""
+    import torch
+
+    from app.errors import OutOfMemory
+
+    real_generate = tiny_engine.model.generate
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(tiny_engine.model, "generate", out_of_memory)
+    with pytest.raises(OutOfMemory) as info:
+        tiny_engine.ground([GroundingRequest(noise_image((50, 50), 1), ("x",))])
+    assert info.value.status == 503 and info.value.code == "out_of_memory"
+    monkeypatch.setattr(tiny_engine.model, "generate", real_generate)
+    assert tiny_engine.ground([GroundingRequest(noise_image((50, 50), 1), ("x",))])[0].image_size == [50, 50]

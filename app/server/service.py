@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import threading
 import time
@@ -145,7 +146,11 @@ class GroundingService:
         return f"loading {self.settings.model_path} on {self.settings.device} ..."
 
     def health(self) -> dict:
-        body: dict = {"status": self._state.value, "uptime_s": round(time.monotonic() - self._started, 1)}
+        body: dict = {
+            "status": self._state.value,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "pid": os.getpid(),
+        }
         if self._engine is not None:
             body.update(self._engine.info.to_dict())
             body.update(
