@@ -3,7 +3,7 @@
     python scripts/soak.py --url http://127.0.0.1:7860 --requests 5000 --concurrency 8
 
 Prints requests sent and answered, errors by type, the server's RSS (from its /health pid) at the
-start and end, and the number of files in the temp directories at the start and end. A mix of
+start (after --warmup requests, when given) and end, and the number of files in the temp directories at the start and end. A mix of
 good and bad uploads is sent, so the error paths are soaked too. Loopback only; bounded.
 """
 
@@ -93,12 +93,15 @@ def main() -> int:
     parser.add_argument("--url", default="http://127.0.0.1:7860")
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=0, help="requests sent before the RSS baseline is taken")
     parser.add_argument("--temp-dir", action="append", default=[], help="extra folder to count files in")
     parser.add_argument("--out", default=None, help="also write the report as JSON here")
     args = parser.parse_args()
     url = args.url.rstrip("/")
     folders = [Path(tempfile.gettempdir()) / "gradio", *map(Path, args.temp_dir)]
     items = uploads()
+    if args.warmup:
+        asyncio.run(soak(url, args.warmup, args.concurrency, items))  # caches and allocator arenas fill up
     rss_start, files_start = server_rss(url), temp_file_count(folders)
     started = time.monotonic()
     outcomes = asyncio.run(soak(url, args.requests, args.concurrency, items))
