@@ -3,8 +3,9 @@
     python scripts/soak.py --url http://127.0.0.1:7860 --requests 5000 --concurrency 8
 
 Prints requests sent and answered, errors by type, the server's RSS (from its /health pid) at the
-start (after --warmup requests, when given) and end, and the number of files in the temp directories at the start and end. A mix of
-good and bad uploads is sent, so the error paths are soaked too. Loopback only; bounded.
+start (after --warmup requests, when given) and end, and the number of files in the temp
+directories at the start and end. A mix of good and bad uploads is sent, so the error paths are
+soaked too. Loopback only; bounded.
 """
 
 from __future__ import annotations
