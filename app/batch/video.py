@@ -18,20 +18,10 @@ from typing import BinaryIO
 import av
 from PIL import Image
 
-from app.errors import ChordError
+from app.errors import InvalidVideo, VideoTooLong
 
 # A duration a container reports may run a little past the last frame.
 DURATION_SLACK_S = 0.5
-
-
-class InvalidVideo(ChordError):
-    status = 400
-    code = "invalid_video"
-
-
-class VideoTooLong(ChordError):
-    status = 413
-    code = "video_too_long"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from app.errors import ChordError
-from app.server import metrics, routes_api, routes_health
+from app.server import metrics, routes_api, routes_health, routes_video
 from app.server.errors import install_error_handlers
 from app.server.service import GroundingService, Loader, load_transformers_engine
 from app.settings import Settings
@@ -45,6 +45,7 @@ def create_app(
     app.include_router(routes_health.router)
     app.include_router(metrics.router)
     app.include_router(routes_api.router)
+    app.include_router(routes_video.router)
     return gr.mount_gradio_app(
         app,
         build_ui(service),

@@ -178,6 +178,24 @@ class GroundingService:
         record.boxes = len(result.boxes)
         return result
 
+    async def ground_many(
+        self,
+        images: list[Image.Image],
+        phrases: tuple[str, ...],
+        max_new_tokens: int | None = None,
+        score_threshold: float = 0.0,
+    ) -> list[GroundingResult | BaseException]:
+        """Ground each image, ``MAX_BATCH_SIZE`` at a time (one caller never fills the queue); errors per item."""
+        outcomes: list[GroundingResult | BaseException] = []
+        step = self.settings.max_batch_size
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            outcomes += await asyncio.gather(
+                *(self.ground_one(image, phrases, max_new_tokens, score_threshold) for image in chunk),
+                return_exceptions=True,
+            )
+        return outcomes
+
     async def ground_one(
         self,
         image: Image.Image,
