@@ -176,10 +176,13 @@ def _ground(args) -> int:
 
 
 def _batch(args) -> int:
-    from app.batch.runner import RESULTS_NAME, run_batch
+    from pathlib import Path
+
+    from app.batch.runner import RESULTS_NAME, recorded_paths, run_batch
     from app.prompts import clean_phrases
 
     phrases = clean_phrases([*args.phrase, *args.more_phrases])
+    recorded_paths(Path(args.out) / RESULTS_NAME, phrases)  # refuse a mixed output before loading the model
     settings = _tool_settings(args)
     batch_size = args.batch_size or settings.max_batch_size
     grounder = _grounder(args, settings, batch_size)

@@ -95,7 +95,7 @@ def run_batch(
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     paths = find_images(input_dir, recursive)
     results_path = out_dir / RESULTS_NAME
-    done = _recorded_paths(results_path, phrases)
+    done = recorded_paths(results_path, phrases)
     todo = [p for p in paths if _rel(p, input_dir) not in done]
     summary = BatchSummary(skipped=len(paths) - len(todo))
     started = time.perf_counter()
@@ -137,7 +137,9 @@ def _ground_chunk(chunk, input_dir, phrases, grounder, max_new_tokens):
         yield path, image_record(_rel(path, input_dir), phrases, result), image
 
 
-def _recorded_paths(results_path: Path, phrases: tuple[str, ...]) -> set[str]:
+def recorded_paths(results_path: str | Path, phrases: tuple[str, ...]) -> set[str]:
+    """Paths already in ``results_path``; ValueError when it holds results for other phrases."""
+    results_path = Path(results_path)
     records = read_records(results_path)
     for record in records:
         if tuple(record.get("phrases", ())) != tuple(phrases):
