@@ -185,7 +185,7 @@ def _batch(args) -> int:
     recorded_paths(Path(args.out) / RESULTS_NAME, phrases)  # refuse a mixed output before loading the model
     settings = _tool_settings(args)
     batch_size = args.batch_size or settings.max_batch_size
-    grounder = _grounder(args, settings, batch_size)
+    grounder = _grounder(args.server, settings, batch_size)
     try:
         summary = run_batch(
             args.input_dir,
@@ -217,8 +217,7 @@ def _video(args) -> int:
     phrases = clean_phrases(args.phrase)
     settings = _tool_settings(args)
     batch_size = args.batch_size or settings.max_batch_size
-    args.server = None
-    grounder = _grounder(args, settings, batch_size)
+    grounder = _grounder(None, settings, batch_size)
     try:
         summary = run_video(
             args.video,
@@ -252,11 +251,11 @@ def _tool_settings(args):
     return settings
 
 
-def _grounder(args, settings, batch_size: int):
-    if args.server:
+def _grounder(server: str | None, settings, batch_size: int):
+    if server:
         from app.batch.grounders import ServerGrounder
 
-        return ServerGrounder(args.server, timeout_s=max(600.0, settings.request_timeout_s))
+        return ServerGrounder(server, timeout_s=max(600.0, settings.request_timeout_s))
     from app.batch.grounders import SchedulerGrounder
     from app.engine.transformers_engine import TransformersEngine
 
