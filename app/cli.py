@@ -1,4 +1,4 @@
-"""Command line: ``python -m app serve | ground | parse | tiny-model``."""
+"""Command line: ``python -m app serve | ground | batch | video | parse | tiny-model``."""
 
 from __future__ import annotations
 
@@ -44,6 +44,31 @@ def _parser() -> argparse.ArgumentParser:
     ground.add_argument("--max-new-tokens", type=int, default=None, help="override MAX_NEW_TOKENS")
     ground.add_argument("--model", default=None, help="override MODEL_PATH")
     ground.set_defaults(handler=_ground)
+
+    batch = commands.add_parser("batch", help="ground phrases in every image of a folder (resumable)")
+    batch.add_argument("input_dir", help="folder of images (by extension: jpg, png, webp, bmp, gif, tiff)")
+    batch.add_argument("phrase", nargs="+", help="one or more phrases, e.g. 'glass bottle with a gold label'")
+    batch.add_argument("--phrase", dest="more_phrases", action="append", default=[], help="another phrase")
+    batch.add_argument("--out", required=True, help="output folder: results.jsonl, annotated/; re-run to resume")
+    batch.add_argument("--recursive", action="store_true", help="include subfolders")
+    batch.add_argument("--annotated", action="store_true", help="also write the images with boxes to OUT/annotated/")
+    batch.add_argument("--coco", default=None, help="also write the results in COCO detection format to this file")
+    batch.add_argument("--server", default=None, help="ground on a running Chord server at this URL instead")
+    batch.add_argument("--batch-size", type=int, default=None, help="images per batch (default MAX_BATCH_SIZE)")
+    batch.add_argument("--max-new-tokens", type=int, default=None, help="override MAX_NEW_TOKENS")
+    batch.add_argument("--model", default=None, help="override MODEL_PATH (in-process only)")
+    batch.set_defaults(handler=_batch)
+
+    video = commands.add_parser("video", help="ground phrases in a video's frames, sampled at --fps")
+    video.add_argument("video", help="video file (anything FFmpeg decodes: mp4, mov, mkv, webm, ...)")
+    video.add_argument("phrase", nargs="+", help="one or more phrases, e.g. 'the forklift'")
+    video.add_argument("--out", required=True, help="output folder: frames.jsonl, annotated.mp4")
+    video.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default 1)")
+    video.add_argument("--annotated", action="store_true", help="also write the sampled frames with boxes as an MP4")
+    video.add_argument("--batch-size", type=int, default=None, help="frames per batch (default MAX_BATCH_SIZE)")
+    video.add_argument("--max-new-tokens", type=int, default=None, help="override MAX_NEW_TOKENS")
+    video.add_argument("--model", default=None, help="override MODEL_PATH")
+    video.set_defaults(handler=_video)
 
     parse = commands.add_parser("parse", help="parse a raw model answer from stdin; needs no model")
     parse.add_argument("--family", required=True, choices=["qwen-vl", "qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
@@ -148,6 +173,94 @@ def _ground(args) -> int:
         )
         logger.info("annotated image written to %s", args.out)
     return 0
+
+
+def _batch(args) -> int:
+    from pathlib import Path
+
+    from app.batch.runner import RESULTS_NAME, recorded_paths, run_batch
+    from app.prompts import clean_phrases
+
+    phrases = clean_phrases([*args.phrase, *args.more_phrases])
+    recorded_paths(Path(args.out) / RESULTS_NAME, phrases)  # refuse a mixed output before loading the model
+    settings = _tool_settings(args)
+    batch_size = args.batch_size or settings.max_batch_size
+    grounder = _grounder(args.server, settings, batch_size)
+    try:
+        summary = run_batch(
+            args.input_dir,
+            phrases,
+            args.out,
+            grounder,
+            batch_size=batch_size,
+            recursive=args.recursive,
+            annotated=args.annotated,
+            coco_path=args.coco,
+            max_new_tokens=args.max_new_tokens,
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted: re-run the same command to resume from {args.out}/{RESULTS_NAME}", file=sys.stderr)
+        return 130
+    finally:
+        grounder.close()
+    print(f"done: {summary.line()}")
+    print(f"results: {args.out}/{RESULTS_NAME}" + (f", COCO: {args.coco}" if args.coco else ""))
+    return 0
+
+
+def _video(args) -> int:
+    from app.batch.video_runner import ANNOTATED_NAME, FRAMES_NAME, run_video
+    from app.prompts import clean_phrases
+
+    if not args.fps > 0:
+        raise ValueError(f"--fps must be positive, got {args.fps}")
+    phrases = clean_phrases(args.phrase)
+    settings = _tool_settings(args)
+    batch_size = args.batch_size or settings.max_batch_size
+    grounder = _grounder(None, settings, batch_size)
+    try:
+        summary = run_video(
+            args.video,
+            phrases,
+            args.out,
+            grounder,
+            fps=args.fps,
+            batch_size=batch_size,
+            annotated=args.annotated,
+            max_new_tokens=args.max_new_tokens,
+        )
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        grounder.close()
+    print(f"done: {summary.line()}")
+    print(f"frames: {args.out}/{FRAMES_NAME}" + (f", video: {args.out}/{ANNOTATED_NAME}" if args.annotated else ""))
+    return 0
+
+
+def _tool_settings(args):
+    from app.logs import configure_logging
+    from app.settings import load_settings
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    overrides = {k: v for k, v in {"model_path": args.model}.items() if v is not None}
+    settings = load_settings(**overrides)
+    configure_logging(settings.log_level, stream=sys.stderr)
+    return settings
+
+
+def _grounder(server: str | None, settings, batch_size: int):
+    if server:
+        from app.batch.grounders import ServerGrounder
+
+        return ServerGrounder(server, timeout_s=max(600.0, settings.request_timeout_s))
+    from app.batch.grounders import SchedulerGrounder
+    from app.engine.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine.load(settings)
+    return SchedulerGrounder(engine, batch_size, settings.max_batch_wait_ms, settings.request_timeout_s)
 
 
 def _parse(args) -> int:

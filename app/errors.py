@@ -22,6 +22,16 @@ class InvalidImage(ChordError):
     code = "invalid_image"
 
 
+class InvalidVideo(ChordError):
+    status = 400
+    code = "invalid_video"
+
+
+class VideoTooLong(ChordError):
+    status = 413
+    code = "video_too_long"
+
+
 class InvalidRequest(ChordError):
     status = 422
     code = "invalid_request"

@@ -126,6 +126,14 @@ class Settings(BaseSettings):
         shown = {name: ("***" if name in SECRET_FIELDS and value else value) for name, value in values.items()}
         return ", ".join(f"{name}={value!r}" for name, value in shown.items())
 
+    # --- videos: POST /api/ground/video and the UI's Video tab (the CLI has no cap) ---
+    video_max_seconds: float = Field(
+        30.0, gt=0, le=3600, description="Longest video the server accepts, in seconds; longer gets 413."
+    )
+    video_max_frames: int = Field(
+        120, ge=1, le=10_000, description="Most frames one video request may sample (seconds x fps); more gets 413."
+    )
+
 
 def load_settings(**overrides) -> Settings:
     """Settings from config file and environment; SettingsError naming the key and allowed values."""

@@ -19,6 +19,7 @@ from app.result import GroundingResult
 from app.server.errors import MissingImage
 from app.server.records import RequestRecord
 from app.server.service import GroundingService
+from app.ui_media import build_batch_tab, build_video_tab
 
 logger = logging.getLogger(__name__)
 
@@ -138,52 +139,58 @@ def build_ui(service: GroundingService) -> gr.Blocks:
     with gr.Blocks(title="Chord", analytics_enabled=False, delete_cache=(600, 1800)) as demo:
         header = gr.Markdown(header_text(service), elem_id="chord-header")
         history = gr.State([])
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1):
-                image = gr.Image(
-                    label="Image (drop, paste or click to upload)",
-                    type="filepath",
-                    image_mode=None,
-                    sources=["upload", "clipboard"],
-                    height=380,
-                    elem_id="chord-image",
+        with gr.Tabs():
+            with gr.Tab("Image", id="image"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1):
+                        image = gr.Image(
+                            label="Image (drop, paste or click to upload)",
+                            type="filepath",
+                            image_mode=None,
+                            sources=["upload", "clipboard"],
+                            height=380,
+                            elem_id="chord-image",
+                        )
+                        phrase = gr.Textbox(
+                            label="What to find",
+                            placeholder=PHRASE_HELP,
+                            lines=2,
+                            elem_id="chord-phrase",
+                        )
+                        gr.Examples(examples=EXAMPLES, inputs=[phrase], label="Examples (click one)")
+                        with gr.Accordion("Advanced", open=False):
+                            max_new_tokens = gr.Slider(
+                                1, 2048, value=service.settings.max_new_tokens, step=1, label="Max new tokens"
+                            )
+                            score_threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Score threshold")
+                            prompt_template = gr.Textbox(label="Prompt template", value="", placeholder=TEMPLATE_HELP)
+                        button = gr.Button(
+                            _button_text(service), variant="primary", elem_id="chord-go", interactive=service.ready
+                        )
+                    with gr.Column(scale=1):
+                        annotated = gr.Image(
+                            label="Image with boxes",
+                            type="pil",
+                            format="png",
+                            interactive=False,
+                            height=380,
+                            elem_id="chord-out",
+                        )
+                        latency = gr.Textbox(label="Latency", interactive=False, elem_id="chord-latency")
+                        result_json = gr.JSON(label="Result", height=360, elem_id="chord-json")
+                        raw = gr.Textbox(label="Raw model answer", lines=3, interactive=False, elem_id="chord-raw")
+                gallery = gr.Gallery(
+                    label="Earlier results for this image (newest first)",
+                    columns=HISTORY_SIZE,
+                    fit_columns=False,
+                    object_fit="contain",
+                    height=190,
+                    elem_id="chord-history",
                 )
-                phrase = gr.Textbox(
-                    label="What to find",
-                    placeholder=PHRASE_HELP,
-                    lines=2,
-                    elem_id="chord-phrase",
-                )
-                gr.Examples(examples=EXAMPLES, inputs=[phrase], label="Examples (click one)")
-                with gr.Accordion("Advanced", open=False):
-                    max_new_tokens = gr.Slider(
-                        1, 2048, value=service.settings.max_new_tokens, step=1, label="Max new tokens"
-                    )
-                    score_threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Score threshold")
-                    prompt_template = gr.Textbox(label="Prompt template", value="", placeholder=TEMPLATE_HELP)
-                button = gr.Button(
-                    _button_text(service), variant="primary", elem_id="chord-go", interactive=service.ready
-                )
-            with gr.Column(scale=1):
-                annotated = gr.Image(
-                    label="Image with boxes",
-                    type="pil",
-                    format="png",
-                    interactive=False,
-                    height=380,
-                    elem_id="chord-out",
-                )
-                latency = gr.Textbox(label="Latency", interactive=False, elem_id="chord-latency")
-                result_json = gr.JSON(label="Result", height=360, elem_id="chord-json")
-                raw = gr.Textbox(label="Raw model answer", lines=3, interactive=False, elem_id="chord-raw")
-        gallery = gr.Gallery(
-            label="Earlier results for this image (newest first)",
-            columns=HISTORY_SIZE,
-            fit_columns=False,
-            object_fit="contain",
-            height=190,
-            elem_id="chord-history",
-        )
+            with gr.Tab("Batch", id="batch"):
+                build_batch_tab(service)
+            with gr.Tab("Video", id="video"):
+                build_video_tab(service)
 
         gr.on(
             triggers=[button.click, phrase.submit],

@@ -38,6 +38,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "missing_image": (422, "the request carries no image field"),
     "empty_prompt": (422, "the prompt holds no phrase once split on ';' and newlines"),
     "invalid_request": (422, "another field is missing or out of range, or the body is not valid JSON"),
+    "invalid_video": (400, "the video file is not a video FFmpeg can decode"),
+    "video_too_long": (413, "the video is longer than VIDEO_MAX_SECONDS, or gives more than VIDEO_MAX_FRAMES frames"),
     "model_loading": (503, "the model is still loading; retry when GET /health answers 200"),
     "model_load_failed": (503, "the model could not be loaded; GET /health says why"),
     "unsupported_media_type": (415, "the upload is not one of the accepted image formats; the message lists them"),

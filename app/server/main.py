@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.routing import Mount
 
 from app.errors import ChordError
-from app.server import metrics, routes_api, routes_health
+from app.server import metrics, routes_api, routes_health, routes_video
 from app.server.access import ApiKeyMiddleware, ui_logins, warn_if_exposed
 from app.server.errors import install_error_handlers
 from app.server.service import GroundingService, Loader, load_transformers_engine
@@ -47,6 +47,7 @@ def create_app(
     app.include_router(routes_health.router)
     app.include_router(metrics.router)
     app.include_router(routes_api.router)
+    app.include_router(routes_video.router)
     warn_if_exposed(settings)
     app = gr.mount_gradio_app(
         app,

@@ -143,7 +143,7 @@ async def ground_batch(
     async def one(data: bytes, text: str) -> dict:
         try:
             phrases = service.phrases(text)
-            result = await service.ground_one(await service.decode(data), phrases, max_new_tokens, score_threshold)
+            result = await service.ground_fitted(await service.decode(data), phrases, max_new_tokens, score_threshold)
         except Exception as exc:  # noqa: BLE001 - each item reports its own failure
             return as_chord_error(exc).to_dict()
         return result.to_dict()

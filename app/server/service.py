@@ -204,11 +204,12 @@ class GroundingService:
         if use_tiling and max(image.size) > self.settings.tile_size:
             result = await self._ground_tiled(image, phrases, max_new_tokens, score_threshold, prompt_template)
         else:
-            result = await self._ground_fitted(image, phrases, max_new_tokens, score_threshold, prompt_template)
+            result = await self.ground_fitted(image, phrases, max_new_tokens, score_threshold, prompt_template)
         record.boxes = len(result.boxes)
         return result
 
-    async def _ground_fitted(self, image: Image.Image, *args) -> GroundingResult:
+    async def ground_fitted(self, image: Image.Image, *args) -> GroundingResult:
+        """``ground_one`` for an image of any size: one longer than MAX_IMAGE_SIDE is downscaled and mapped back."""
         smaller = downscaled_wh(image.size, self.settings.max_image_side)
         if smaller is None:
             return await self.ground_one(image, *args)
@@ -220,11 +221,29 @@ class GroundingService:
 
         windows = tile_windows(image.size, self.settings.tile_size)
         crops = [await anyio.to_thread.run_sync(image.crop, window) for window in windows]
-        parts = await asyncio.gather(self._ground_fitted(image, *args), *(self._ground_fitted(c, *args) for c in crops))
+        parts = await asyncio.gather(self.ground_fitted(image, *args), *(self.ground_fitted(c, *args) for c in crops))
         placed = [parts[0]] + [shift_result(r, w, image.size) for r, w in zip(parts[1:], windows, strict=True)]
         boxes = [b for r in placed for b in r.boxes]
         keep = nms_keep(boxes, [s for r in placed for s in r.scores], [label for r in placed for label in r.labels])
         return combine(placed, keep, image.size)
+
+    async def ground_many(
+        self,
+        images: list[Image.Image],
+        phrases: tuple[str, ...],
+        max_new_tokens: int | None = None,
+        score_threshold: float = 0.0,
+    ) -> list[GroundingResult | BaseException]:
+        """Ground each image, ``MAX_BATCH_SIZE`` at a time (one caller never fills the queue); errors per item."""
+        outcomes: list[GroundingResult | BaseException] = []
+        step = self.settings.max_batch_size
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            outcomes += await asyncio.gather(
+                *(self.ground_fitted(image, phrases, max_new_tokens, score_threshold) for image in chunk),
+                return_exceptions=True,
+            )
+        return outcomes
 
     async def ground_one(
         self,
