@@ -26,7 +26,6 @@ from transformers import (
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
-    Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
 )
 
@@ -35,7 +34,13 @@ sys.path.insert(0, str(ROOT))
 
 from app.engine.base import EngineInfo, GroundingRequest  # noqa: E402
 from app.engine.runtime import dtype_name  # noqa: E402
-from app.engine.tiny_checkpoint import TinyShape, build_config, build_processor, build_tokenizer  # noqa: E402
+from app.engine.tiny_checkpoint import (  # noqa: E402
+    TinyShape,
+    assemble_config,
+    build_config,
+    build_processor,
+    build_tokenizer,
+)
 from app.engine.transformers_engine import TransformersEngine  # noqa: E402
 from app.families import Family  # noqa: E402
 from app.scheduler import BatchScheduler  # noqa: E402
@@ -45,26 +50,15 @@ SHAPES_DIR = ROOT / "config" / "model_shapes"
 QWEN_PIXELS = TinyShape(min_pixels=3136, max_pixels=12845056)  # the real processor's range
 
 
-def shape_config(name: str, tokenizer) -> Qwen2_5_VLConfig:
+def shape_config(name: str, tokenizer):
     if name == "tiny":
         return build_config(tokenizer)
     spec = json.loads((SHAPES_DIR / f"qwen2.5-vl-{name}.json").read_text())
     text, vision = dict(spec["text"]), dict(spec["vision"])
     rope = {"rope_type": "default", "rope_theta": text.pop("rope_theta"), "mrope_section": text.pop("mrope_section")}
     tied = text.pop("tie_word_embeddings")
-    ids = {
-        t: tokenizer.convert_tokens_to_ids(t)
-        for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-    }
-    return Qwen2_5_VLConfig(
-        text_config={**text, "rope_parameters": rope, "tie_word_embeddings": tied, "use_sliding_window": False},
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=tied,
-    )
+    text_config = {**text, "rope_parameters": rope, "tie_word_embeddings": tied, "use_sliding_window": False}
+    return assemble_config(tokenizer, text_config, vision, tie_word_embeddings=tied)
 
 
 def build_engine(shape: str, dtype: torch.dtype, attn: str, device: str, tokens: int) -> TransformersEngine:

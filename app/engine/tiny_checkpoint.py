@@ -142,6 +142,14 @@ def build_config(tokenizer: Qwen2Tokenizer, shape: TinyShape = TinyShape()) -> Q
         "fullatt_block_indexes": [shape.vision_depth - 1],
         "tokens_per_second": 2,
     }
+    return assemble_config(tokenizer, text_config, vision_config, tie_word_embeddings=True)
+
+
+def assemble_config(
+    tokenizer: Qwen2Tokenizer, text_config: dict, vision_config: dict, tie_word_embeddings: bool
+) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL config whose vision token ids are the ones ``tokenizer`` really has."""
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     return Qwen2_5_VLConfig(
         text_config=text_config,
         vision_config=vision_config,
@@ -149,7 +157,7 @@ def build_config(tokenizer: Qwen2Tokenizer, shape: TinyShape = TinyShape()) -> Q
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
     )
 
 
