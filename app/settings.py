@@ -70,6 +70,28 @@ class Settings(BaseSettings):
         True, description="Exit (status 3) when the model cannot load, so Supervisor marks it FATAL."
     )
     request_timeout_s: float = Field(120.0, gt=0, le=3600, description="A request not answered by then gets 504.")
+    # The engine: in-process transformers, or an OpenAI-compatible server (vLLM, SGLang, transformers serve).
+    engine: Literal["transformers", "openai"] = Field(
+        "transformers", description="transformers = the model in this process; openai = an OpenAI-compatible server."
+    )
+    engine_url: str = Field(
+        "http://127.0.0.1:8000", description="Base URL of the OpenAI-compatible server (ENGINE=openai), without /v1."
+    )
+    engine_model: str = Field(
+        "Qwen/Qwen2.5-VL-7B-Instruct", description="Model name the engine serves (the 'model' field of each request)."
+    )
+    engine_api_key: str = Field("", description="Bearer token for the engine; empty = no Authorization header.")
+    engine_family: Literal["auto", "qwen2-vl", "qwen2.5-vl", "qwen3-vl"] = Field(
+        "auto", description="Coordinate system of the engine's model; auto = MODEL_PATH's config.json, else the name."
+    )
+    engine_connect_timeout_s: float = Field(
+        5.0, gt=0, le=600, description="Seconds to connect to the engine before 502 engine_unavailable."
+    )
+    engine_timeout_s: float = Field(
+        110.0, gt=0, le=3600, description="Seconds the engine may take for one answer before 504 engine_timeout."
+    )
+    engine_concurrency: int = Field(16, ge=1, le=4096, description="Most requests in flight to the engine at once.")
+    engine_pool_size: int = Field(32, ge=1, le=4096, description="Most open HTTP connections to the engine.")
 
     @field_validator("max_memory")
     @classmethod
@@ -108,7 +130,11 @@ class Settings(BaseSettings):
         return str(path)
 
     def describe(self) -> str:
-        return ", ".join(f"{name}={value!r}" for name, value in self.model_dump().items())
+        """Every setting for the start-up log line; the engine's API key is masked."""
+        shown = self.model_dump()
+        if shown["engine_api_key"]:
+            shown["engine_api_key"] = "***"
+        return ", ".join(f"{name}={value!r}" for name, value in shown.items())
 
 
 def load_settings(**overrides) -> Settings:
