@@ -99,6 +99,13 @@ class Settings(BaseSettings):
         parse_max_memory(value, cuda_devices=1)
         return value
 
+    @field_validator("engine_url")
+    @classmethod
+    def _check_engine_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"engine_url must be an http:// or https:// URL (http://127.0.0.1:8000), got {value!r}")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value):
