@@ -103,7 +103,7 @@ def _serve(args) -> int:
     configure_logging(settings.log_level, stream=sys.stdout)
     logger.info("settings: %s", settings.describe())
 
-    if settings.exit_on_load_failure:
+    if settings.exit_on_load_failure and settings.engine == "transformers":
         from app.model_path import require_model_path
 
         try:  # fail in a second, before the heavy imports, so Supervisor counts it as a failed start
@@ -156,15 +156,17 @@ def _ground(args) -> int:
 
     from app.drawing import draw_result
     from app.engine.base import GroundingRequest
-    from app.engine.transformers_engine import TransformersEngine
     from app.fonts import label_font
     from app.images import open_image
     from app.prompts import clean_phrases
+    from app.server.service import load_engine
 
     image = open_image(args.image)
-    engine = TransformersEngine.load(settings)
+    engine = load_engine(settings)
     request = GroundingRequest(image, clean_phrases(args.phrase), max_new_tokens=args.max_new_tokens)
     result = engine.ground([request])[0]
+    if isinstance(result, ChordError):
+        raise result
     print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     if args.out:
         font = label_font(max(12, min(image.size) // 30))

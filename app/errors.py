@@ -58,3 +58,24 @@ class SettingsError(ChordError):
     """A bad setting; raised at start-up, before anything serves."""
 
     code = "invalid_setting"
+
+
+class EngineUnavailable(ChordError):
+    """The OpenAI-compatible engine could not be reached, or answered with a server error (5xx)."""
+
+    status = 502
+    code = "engine_unavailable"
+
+
+class EngineRejected(ChordError):
+    """The engine refused the request (4xx): usually ENGINE_MODEL or the engine's context length."""
+
+    status = 502
+    code = "engine_rejected"
+
+
+class EngineTimeout(ChordError):
+    """The engine did not answer within ENGINE_TIMEOUT_S."""
+
+    status = 504
+    code = "engine_timeout"

@@ -210,7 +210,9 @@ class BatchScheduler:
         model_seconds = time.monotonic() - started
         self._last_batch_seconds = model_seconds
         for job, result in zip(batch, results, strict=True):
-            if not job.future.cancelled():
+            if isinstance(result, BaseException):  # an engine may fail one request of a batch alone
+                _fail(job, result)
+            elif not job.future.cancelled():
                 job.future.set_result(result)
         if self._observer is not None:
             self._observer.batch_done(len(batch), [collected_at - job.enqueued for job in batch], model_seconds)

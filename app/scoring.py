@@ -45,3 +45,20 @@ def span_scores(
             continue
         scores.append(round(math.exp(sum(overlapping) / len(overlapping)), 4))
     return scores
+
+
+def decoded_prefixes(pieces: Sequence[bytes | str], text: str) -> list[str] | None:
+    """Decoded prefixes (as ``token_char_spans`` takes them) from each generated token's bytes or text.
+
+    An OpenAI-compatible server returns, per token, its text and usually its UTF-8 ``bytes``. The
+    list stops at the token that completes ``text`` (a trailing stop token adds nothing); None when
+    the tokens do not spell ``text``, so no score is computed from tokens that do not match the answer.
+    """
+    raw = b""
+    prefixes = []
+    for piece in pieces:
+        raw += piece if isinstance(piece, bytes) else piece.encode("utf-8")
+        prefixes.append(raw.decode("utf-8", errors="replace"))
+        if prefixes[-1] == text:
+            return prefixes
+    return None

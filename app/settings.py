@@ -25,7 +25,7 @@ DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config" / "chord.toml"
 # Qwen2.5-VL: one visual token per 28x28 pixels; grounding is reported to degrade at the
 # processor's 16k-token maximum, so the default keeps images near 1280 visual tokens.
 PIXELS_PER_VISUAL_TOKEN = 28 * 28
-SECRET_FIELDS = ("api_key", "ui_auth")
+SECRET_FIELDS = ("api_key", "ui_auth", "engine_api_key")
 _MEMORY_BUDGET = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
 
 
@@ -83,11 +83,40 @@ class Settings(BaseSettings):
         True, description="Exit (status 3) when the model cannot load, so Supervisor marks it FATAL."
     )
     request_timeout_s: float = Field(120.0, gt=0, le=3600, description="A request not answered by then gets 504.")
+    # The engine: in-process transformers, or an OpenAI-compatible server (vLLM, SGLang, transformers serve).
+    engine: Literal["transformers", "openai"] = Field(
+        "transformers", description="transformers = the model in this process; openai = an OpenAI-compatible server."
+    )
+    engine_url: str = Field(
+        "http://127.0.0.1:8000", description="Base URL of the OpenAI-compatible server (ENGINE=openai), without /v1."
+    )
+    engine_model: str = Field(
+        "Qwen/Qwen2.5-VL-7B-Instruct", description="Model name the engine serves (the 'model' field of each request)."
+    )
+    engine_api_key: str = Field("", description="Bearer token for the engine; empty = no Authorization header.")
+    engine_family: Literal["auto", "qwen2-vl", "qwen2.5-vl", "qwen3-vl"] = Field(
+        "auto", description="Coordinate system of the engine's model; auto = MODEL_PATH's config.json, else the name."
+    )
+    engine_connect_timeout_s: float = Field(
+        5.0, gt=0, le=600, description="Seconds to connect to the engine before 502 engine_unavailable."
+    )
+    engine_timeout_s: float = Field(
+        110.0, gt=0, le=3600, description="Seconds the engine may take for one answer before 504 engine_timeout."
+    )
+    engine_concurrency: int = Field(16, ge=1, le=4096, description="Most requests in flight to the engine at once.")
+    engine_pool_size: int = Field(32, ge=1, le=4096, description="Most open HTTP connections to the engine.")
 
     @field_validator("max_memory")
     @classmethod
     def _check_max_memory(cls, value: str) -> str:
         parse_max_memory(value, cuda_devices=1)
+        return value
+
+    @field_validator("engine_url")
+    @classmethod
+    def _check_engine_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"engine_url must be an http:// or https:// URL (http://127.0.0.1:8000), got {value!r}")
         return value
 
     @field_validator("log_level", mode="before")

@@ -8,6 +8,7 @@
 #   anything else, or a time-out     a failure (a hung process accepts the connection, then times out)
 # After WATCHDOG_FAILURES failures in a row it runs `supervisorctl restart chord`. When Supervisor
 # reports chord STOPPED, EXITED or FATAL (and no one paused the watchdog) it starts it again.
+# A 503 "engine_unreachable" (ENGINE=openai, the engine server is down) is logged, not restarted.
 # At most WATCHDOG_MAX_RESTARTS restarts/starts per WATCHDOG_WINDOW seconds: past that it logs
 # loudly and stops acting until the window frees up, so a crash loop does not flap forever.
 # `touch run/watchdog.paused` pauses it (chordctl pause/resume), for deliberate maintenance.
@@ -28,7 +29,7 @@ FAILURES="${WATCHDOG_FAILURES:-3}"          # failures in a row before a restart
 GRACE="${WATCHDOG_GRACE:-600}"              # seconds after a start during which "loading" is fine
 MAX_RESTARTS="${WATCHDOG_MAX_RESTARTS:-5}"  # restart budget ...
 WINDOW="${WATCHDOG_WINDOW:-3600}"           # ... per this many seconds
-PROGRAM="${WATCHDOG_PROGRAM:-chord}"
+PROGRAM="${1:-${WATCHDOG_PROGRAM:-chord}}"  # arguments: PROGRAM PORT (a replica's watchdog, chordctl replicas)
 PAUSE_FILE="$ROOT/run/watchdog.paused"
 read -r -a SUPERVISORCTL <<<"${SUPERVISORCTL:-$ROOT/.venv/bin/supervisorctl -c $ROOT/supervisor/supervisord.conf}"
 
@@ -36,12 +37,14 @@ log() { printf '%s watchdog: %s\n' "$(date '+%Y-%m-%dT%H:%M:%S%z')" "$*"; }
 
 read -r HOST PORT < <("$ROOT/.venv/bin/python" -c \
   'from app.settings import load_settings; s = load_settings(); print(s.host, s.port)' 2>/dev/null || echo "127.0.0.1 7860")
+[[ -n "${2:-}" ]] && PORT="$2"
 case "$HOST" in 0.0.0.0|"") HOST=127.0.0.1 ;; ::) HOST="[::1]" ;; esac
 URL="http://$HOST:$PORT/health"
 
 failures=0
 restarts=()          # epoch seconds of recent restarts
 budget_warned=0
+engine_warned=0
 
 # Seconds the program has been up, from "RUNNING pid 1, uptime 1 day, 0:02:03"; empty if unknown.
 uptime_seconds() {
@@ -105,6 +108,15 @@ while true; do
   code="${body##*$'\n'}"
   if [[ "$code" == 200 ]]; then
     ((failures > 0)) && log "$PROGRAM healthy again after $failures failed checks"
+    ((engine_warned)) && log "$PROGRAM: its engine is reachable again"
+    failures=0
+    engine_warned=0
+    continue
+  fi
+  if [[ "$code" == 503 && "$body" == *'"engine_unreachable"'* ]]; then
+    # ENGINE=openai and the engine server is down: restarting Chord would not bring it back.
+    ((engine_warned)) || log "$PROGRAM answers but its engine is unreachable; not restarting $PROGRAM (fix the engine)"
+    engine_warned=1
     failures=0
     continue
   fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs that pip cannot provide. No-op when they are present.
 set -euo pipefail
-packages=(fonts-wqy-microhei shellcheck chromium)
+packages=(fonts-wqy-microhei shellcheck chromium nginx)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

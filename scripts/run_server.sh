@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # What Supervisor runs: load the overrides `chordctl start` saved, then exec the server in place.
+# Arguments go to `python -m app serve` (a replica gets --port, which beats PORT in run/chord.env).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -f "$ROOT/run/chord.env" ]]; then
@@ -8,4 +9,4 @@ if [[ -f "$ROOT/run/chord.env" ]]; then
   . "$ROOT/run/chord.env"
   set +a
 fi
-exec "$ROOT/.venv/bin/python" -m app serve
+exec "$ROOT/.venv/bin/python" -m app serve "$@"

@@ -142,7 +142,7 @@ def test_non_qwen_checkpoint_is_refused(tmp_path):
     ],
 )
 def test_pixel_range_narrows_to_the_checkpoint(settings_range, checkpoint_range, expected):
-    from app.engine.transformers_engine import effective_pixel_range
+    from app.engine.pixels import effective_pixel_range
 
     settings = load_settings(min_pixels=settings_range[0], max_pixels=settings_range[1])
     size = {"shortest_edge": checkpoint_range[0], "longest_edge": checkpoint_range[1]}
@@ -174,3 +174,27 @@ def test_out_of_memory_frees_the_cache_and_is_a_clear_503(tiny_engine, monkeypat
     assert info.value.status == 503 and info.value.code == "out_of_memory"
     monkeypatch.setattr(tiny_engine.model, "generate", real_generate)
     assert tiny_engine.ground([GroundingRequest(noise_image((50, 50), 1), ("x",))])[0].image_size == [50, 50]
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (
+            {"size": {"shortest_edge": 3136, "longest_edge": 12845056}},
+            {"shortest_edge": 3136, "longest_edge": 12845056},
+        ),  # transformers >= 5
+        ({"min_pixels": 3136, "max_pixels": 1003520}, {"shortest_edge": 3136, "longest_edge": 1003520}),  # older keys
+        ({"patch_size": 14}, {}),  # no pixel range
+    ],
+)
+def test_checkpoint_processor_size(config, expected):
+    from app.engine.pixels import checkpoint_processor_size
+
+    assert checkpoint_processor_size(config) == expected
+
+
+def test_image_processor_config_is_read_from_either_file(tiny_checkpoint):
+    from app.engine.pixels import image_processor_config
+
+    config = image_processor_config(tiny_checkpoint)  # the tiny one has processor_config.json only
+    assert config["patch_size"] == 14 and config["size"]["longest_edge"] == 28 * 28 * 64

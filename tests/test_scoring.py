@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from app.scoring import span_scores, token_char_spans
+from app.scoring import decoded_prefixes, span_scores, token_char_spans
 
 
 def test_spans_of_prefixes_cover_the_text_in_order():
@@ -36,3 +36,17 @@ def test_span_scores(item_spans, logprobs, expected):
 def test_mismatched_inputs_are_a_caller_error():
     with pytest.raises(ValueError, match="2 token spans but 1"):
         span_scores([(0, 1)], [(0, 1), (1, 2)], [0.0])
+
+
+@pytest.mark.parametrize(
+    ("pieces", "text", "expected"),
+    [
+        (["[", '{"', "a"], '[{"a', ["[", '[{"', '[{"a']),  # token texts spell the answer
+        ([b"[", b"a", b""], "[a", ["[", "[a"]),  # a trailing stop token with no text is cut off
+        ([b"\xe7\xba", b"\xa2"], "红", ["\ufffd", "红"]),  # a token ending inside a character
+        (["[", "b"], "[a", None),  # tokens that do not spell the answer give no prefixes
+        ([], "[a", None),  # no log-probabilities at all
+    ],
+)
+def test_decoded_prefixes_from_an_engines_tokens(pieces, text, expected):
+    assert decoded_prefixes(pieces, text) == expected

@@ -65,6 +65,8 @@ def test_environment_overrides_the_config_file(monkeypatch, tmp_path):
         ("PORT", "http", "PORT='http'"),
         ("MAX_MEMORY", "lots", "MAX_MEMORY='lots'"),
         ("MIN_PIXELS", "99999999", "min_pixels (99999999) must not exceed max_pixels"),
+        ("ENGINE", "vllm", "ENGINE='vllm': Input should be 'transformers' or 'openai'"),
+        ("ENGINE_URL", "gpu-node:8000", "ENGINE_URL='gpu-node:8000': Value error, engine_url must be an http://"),
     ],
 )
 def test_bad_values_fail_with_the_key_and_the_allowed_values(monkeypatch, env, value, expected):
@@ -72,6 +74,11 @@ def test_bad_values_fail_with_the_key_and_the_allowed_values(monkeypatch, env, v
     with pytest.raises(SettingsError) as info:
         load_settings()
     assert expected in info.value.message
+
+
+def test_the_engine_api_key_is_masked_in_the_start_up_log():
+    assert "engine_api_key='***'" in load_settings(engine_api_key="s3cret").describe()
+    assert "s3cret" not in load_settings(engine_api_key="s3cret").describe()
 
 
 def test_unknown_key_in_the_config_file_is_refused(monkeypatch, tmp_path):

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from app.errors import ChordError
 from app.families import Family
 from app.result import GroundingResult
 
@@ -54,6 +55,10 @@ class Engine(Protocol):
 
     info: EngineInfo
 
-    def ground(self, requests: Sequence[GroundingRequest]) -> list[GroundingResult]:
-        """Ground each request; results in the same order. May batch them into one generation."""
+    def ground(self, requests: Sequence[GroundingRequest]) -> list[GroundingResult | ChordError]:
+        """Ground each request; results in the same order. May batch them into one generation.
+
+        A request that failed on its own may get its ChordError in place of a result (the
+        openai engine does); an exception raised instead fails the whole batch.
+        """
         ...

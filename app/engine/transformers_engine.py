@@ -28,6 +28,7 @@ from transformers import (
 
 from app.answers import build_result
 from app.engine.base import EngineInfo, GroundingRequest
+from app.engine.pixels import effective_pixel_range
 from app.engine.runtime import dtype_name, release_cuda_cache, resolve_attn_impl, resolve_device, resolve_dtype
 from app.errors import ModelLoadError, OutOfMemory
 from app.families import Family, family_from_model_type
@@ -215,17 +216,6 @@ def _model_image(image: Image.Image) -> Image.Image:
     canvas = Image.new("RGB", canvas_wh, (128, 128, 128))
     canvas.paste(image, (0, 0))
     return canvas
-
-
-def effective_pixel_range(settings: Settings, checkpoint_size: dict) -> tuple[int, int]:
-    """MIN_PIXELS/MAX_PIXELS narrowed to the checkpoint's own processor range, never widened past it.
-
-    A real Qwen2.5-VL allows up to 16k visual tokens, so MAX_PIXELS (1280 tokens) applies; a small
-    checkpoint trained at low resolution keeps its own, smaller limit.
-    """
-    lo = max(settings.min_pixels, int(checkpoint_size.get("shortest_edge") or 0))
-    hi = min(settings.max_pixels, int(checkpoint_size.get("longest_edge") or settings.max_pixels))
-    return min(lo, hi), hi
 
 
 def _detect_family(path: str) -> Family:

@@ -51,6 +51,9 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "busy": (503, "the queue is full; retry after the Retry-After header's seconds"),
     "timeout": (504, "no answer within REQUEST_TIMEOUT_S"),
     "shutting_down": (503, "the server is stopping; retry on another replica or in a moment"),
+    "engine_unavailable": (502, "ENGINE=openai: the engine server could not be reached or failed (5xx)"),
+    "engine_rejected": (502, "ENGINE=openai: the engine refused the request (4xx); its message is included"),
+    "engine_timeout": (504, "ENGINE=openai: the engine gave no answer within ENGINE_TIMEOUT_S"),
     "internal_error": (500, "an unexpected fault; the request id is in the server log"),
 }
 

@@ -14,7 +14,7 @@ from app.errors import ChordError
 from app.server import metrics, routes_api, routes_health, routes_video
 from app.server.access import ApiKeyMiddleware, ui_logins, warn_if_exposed
 from app.server.errors import install_error_handlers
-from app.server.service import GroundingService, Loader, load_transformers_engine
+from app.server.service import GroundingService, Loader, load_engine
 from app.settings import Settings
 from app.ui import CSS, build_ui
 
@@ -27,7 +27,7 @@ DESCRIPTION = (
 
 def create_app(
     settings: Settings,
-    loader: Loader = load_transformers_engine,
+    loader: Loader = load_engine,
     on_load_failure: Callable[[ChordError], None] | None = None,
 ) -> FastAPI:
     # Gradio makes no outside connection with analytics off, SSR off and no share link (read at call time).

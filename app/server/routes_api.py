@@ -44,6 +44,9 @@ GROUND_ERRORS = error_responses(
     "model_loading",
     "busy",
     "timeout",
+    "engine_unavailable",
+    "engine_rejected",
+    "engine_timeout",
     "internal_error",
 )
 

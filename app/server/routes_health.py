@@ -22,12 +22,14 @@ HEALTH_EXAMPLES = {
             "content": {"application/json": {"example": HEALTH_EXAMPLES[200]}},
         },
         503: {
-            "description": "Not ready: `status` is `loading`, or `failed` with the load error.",
+            "description": "Not ready: `status` is `loading`, `failed` with the load error, or "
+            "`engine_unreachable` (ENGINE=openai) with the engine's last problem under `engine`.",
             "content": {"application/json": {"example": HEALTH_EXAMPLES[503]}},
         },
     },
 )  # fmt: skip
 async def health(request: Request) -> JSONResponse:
-    """Readiness: model, device, uptime, requests served and queue depth; 503 until the model has loaded."""
+    """Readiness: model, device, uptime, requests served and queue depth; 503 until the model has loaded,
+    and with ENGINE=openai while the engine server does not answer."""
     service = request.app.state.service
-    return JSONResponse(service.health(), status_code=200 if service.ready else 503)
+    return JSONResponse(service.health(), status_code=200 if service.healthy else 503)

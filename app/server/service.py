@@ -61,11 +61,22 @@ def load_transformers_engine(settings: Settings) -> Engine:
     return TransformersEngine.load(settings)
 
 
+def load_openai_engine(settings: Settings) -> Engine:
+    from app.engine.openai_engine import OpenAIEngine
+
+    return OpenAIEngine.load(settings)
+
+
+def load_engine(settings: Settings) -> Engine:
+    """The engine ENGINE names: the model in this process, or an OpenAI-compatible server."""
+    return load_openai_engine(settings) if settings.engine == "openai" else load_transformers_engine(settings)
+
+
 class GroundingService:
     def __init__(
         self,
         settings: Settings,
-        loader: Loader = load_transformers_engine,
+        loader: Loader = load_engine,
         on_load_failure: Callable[[ChordError], None] | None = None,
     ):
         self.settings = settings
@@ -126,11 +137,19 @@ class GroundingService:
     def close(self) -> None:
         if self._scheduler is not None:
             self._scheduler.stop()
+        close_engine = getattr(self._engine, "close", None)
+        if close_engine is not None:
+            close_engine()
 
     # --- state ---------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
         return self._state is LoadState.READY
+
+    @property
+    def healthy(self) -> bool:
+        """Ready, and (for an engine behind HTTP) the engine answered its last check."""
+        return self.ready and getattr(self._engine, "reachable", True)
 
     @property
     def loading(self) -> bool:
@@ -159,6 +178,11 @@ class GroundingService:
                 in_flight=self._in_flight,
                 load_seconds=round(self._load_seconds, 1),
             )
+            engine_health = getattr(self._engine, "health", None)
+            if engine_health is not None:
+                body["engine"] = engine_health()
+                if not self.healthy:
+                    body["status"] = "engine_unreachable"
         elif self._load_error is not None:
             body.update(self._load_error.to_dict())
         else:
