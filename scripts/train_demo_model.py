@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         rope_theta=args.rope_theta,
     )
     if args.tiny:
-        config = replace(config, shape=asdict(TinyShape(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)))
+        shape = TinyShape(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
+        config = replace(config, shape=asdict(shape), mrope_section=(2, 1, 1))
     started = time.perf_counter()
     model_dir = train(args.out, config, pick_device(args.device), args.save_every, progress_bar=not args.no_progress)
     logging.info("trained to step %d in %.0f s this session", config.steps, time.perf_counter() - started)

@@ -27,7 +27,9 @@ from app.engine.transformers_engine import TransformersEngine
 from app.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = replace(TrainConfig(), shape=asdict(TinyShape(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)))
+TINY = replace(
+    TrainConfig(), shape=asdict(TinyShape(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)), mrope_section=(2, 1, 1)
+)
 
 
 def _script():
