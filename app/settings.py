@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config" / "chord.toml"
+# MODEL_PATH=demo selects the tiny model bundled with Chord, trained on synthetic shape scenes.
+DEMO_MODEL_ALIAS = "demo"
+DEMO_MODEL_DIR = PROJECT_ROOT / "app" / "demo_model"
+DEMO_MODEL_NAME = "chord-demo (demo model)"
 # Qwen2.5-VL: one visual token per 28x28 pixels; grounding is reported to degrade at the
 # processor's 16k-token maximum, so the default keeps images near 1280 visual tokens.
 PIXELS_PER_VISUAL_TOKEN = 28 * 28
@@ -36,7 +40,7 @@ class Settings(BaseSettings):
 
     model_path: str = Field(
         "models/Qwen2.5-VL-7B-Instruct",
-        description="Checkpoint directory (relative paths are from the project root) or a hub id.",
+        description="Checkpoint directory (relative paths are from the project root), a hub id, or 'demo'.",
     )
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="Where the model runs; auto picks CUDA when present."
@@ -143,7 +147,9 @@ class Settings(BaseSettings):
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file)
 
     def resolved_model_path(self) -> str:
-        """``model_path`` with a relative local path made absolute from the project root."""
+        """``model_path`` with a relative local path made absolute from the project root; 'demo': the bundled model."""
+        if self.model_path == DEMO_MODEL_ALIAS:
+            return str(DEMO_MODEL_DIR)
         path = Path(self.model_path).expanduser()
         if not path.is_absolute() and (PROJECT_ROOT / path).exists():
             return str(PROJECT_ROOT / path)

@@ -35,7 +35,7 @@ from app.families import Family, family_from_model_type
 from app.model_path import require_model_path
 from app.prompts import grounding_prompt
 from app.result import GroundingResult
-from app.settings import Settings, parse_max_memory
+from app.settings import DEMO_MODEL_DIR, DEMO_MODEL_NAME, Settings, parse_max_memory
 from app.tiling import crop_result, padded_wh
 
 logger = logging.getLogger(__name__)
@@ -258,4 +258,7 @@ def _stop_token_ids(model, processor) -> set[int]:
 
 
 def _model_name(path: str) -> str:
+    """The checkpoint's folder name; the bundled demo model says so (UI header, /health)."""
+    if Path(path).exists() and Path(path).resolve() == DEMO_MODEL_DIR.resolve():
+        return DEMO_MODEL_NAME
     return Path(path).name or path

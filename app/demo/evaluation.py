@@ -1,0 +1,128 @@
+"""Measuring a grounder on fresh demo scenes: IoU against the ground truth. Pure (no torch).
+
+``evaluate`` takes any ``ground`` callable (the in-process engine, or the HTTP API once the server
+test uses it), so every path is judged by the same cases and the same arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from app.demo.scenes import make_scene, pick_target, scene_rng
+from app.geometry import iou
+
+IOU_HIT = 0.5
+# The bar of issue 7: at least this share of fresh scenes must reach IoU >= 0.5.
+REQUIRED_HIT_RATE = 0.8
+
+Box = tuple[int, int, int, int]
+# For each case: the predicted boxes (xyxy, original pixels) with their labels.
+Grounder = Callable[[Sequence["SceneCase"]], list[list[tuple[Box, str]]]]
+
+
+@dataclass(frozen=True)
+class SceneCase:
+    """One fresh scene and the one target asked for in it."""
+
+    index: int
+    image: Image.Image
+    phrase: str
+    box: Box
+    n_objects: int
+
+
+@dataclass
+class EvalReport:
+    n: int = 0
+    valid: int = 0
+    hits: int = 0
+    iou_sum: float = 0.0
+    ious: list[float] = field(default_factory=list)
+    by_group: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def valid_rate(self) -> float:
+        return self.valid / self.n if self.n else 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.n if self.n else 0.0
+
+    @property
+    def mean_iou(self) -> float:
+        return self.iou_sum / self.n if self.n else 0.0
+
+    def summary(self) -> dict:
+        groups = {
+            name: {"n": len(v), "hit_rate": round(sum(i >= IOU_HIT for i in v) / len(v), 3)}
+            for name, v in sorted(self.by_group.items())
+        }
+        return {
+            "scenes": self.n,
+            "valid_answer_rate": round(self.valid_rate, 3),
+            "mean_iou": round(self.mean_iou, 3),
+            "iou_at_least_0.5": round(self.hit_rate, 3),
+            "bar": REQUIRED_HIT_RATE,
+            "bar_met": self.hit_rate >= REQUIRED_HIT_RATE,
+            "groups": groups,
+        }
+
+
+def fresh_cases(n: int, split: str = "eval", start: int = 0) -> list[SceneCase]:
+    """``n`` scenes of ``split`` (a stream training never draws from), each with one random target."""
+    cases = []
+    for index in range(start, start + n):
+        rng = scene_rng(split, index)
+        scene = make_scene(rng)
+        target = pick_target(rng, scene)
+        cases.append(SceneCase(index, scene.image, target.phrase, target.box, len(scene.objects)))
+    return cases
+
+
+def best_iou(truth: Box, predictions: Sequence[tuple[Box, str]], phrase: str) -> tuple[bool, float]:
+    """(whether any box is labelled ``phrase``, the best IoU among those boxes)."""
+    boxes = [box for box, label in predictions if label.strip() == phrase.strip()]
+    return bool(boxes), max((iou(truth, box) for box in boxes), default=0.0)
+
+
+def evaluate(cases: Sequence[SceneCase], ground: Grounder, batch_size: int = 8, on_batch=None) -> EvalReport:
+    """Ground every case (in batches) and score it: valid answer, best IoU, hit at IoU >= 0.5."""
+    report = EvalReport()
+    for start in range(0, len(cases), batch_size):
+        batch = cases[start : start + batch_size]
+        for case, predictions in zip(batch, ground(batch), strict=True):
+            valid, score = best_iou(case.box, predictions, case.phrase)
+            report.n += 1
+            report.valid += valid
+            report.hits += score >= IOU_HIT
+            report.iou_sum += score
+            report.ious.append(score)
+            language = "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in case.phrase) else "en"
+            for group in (f"objects={case.n_objects}", f"language={language}"):
+                report.by_group.setdefault(group, []).append(score)
+        if on_batch is not None:
+            on_batch(len(batch))
+    return report
+
+
+def check_accuracy(ground: Grounder, n: int = 20, split: str = "test", batch_size: int = 8) -> EvalReport:
+    """The acceptance check shared by the engine test and the server test: ``n`` fresh scenes, one target each.
+
+    Callers assert ``report.hit_rate >= REQUIRED_HIT_RATE``; the 'test' stream is never used for
+    training, nor for the numbers in the model card (those use 'eval').
+    """
+    return evaluate(fresh_cases(n, split), ground, batch_size)
+
+
+def engine_grounder(engine) -> Grounder:
+    """A ``Grounder`` over an in-process engine (``Engine.ground`` with one phrase per request)."""
+    from app.engine.base import GroundingRequest
+
+    def ground(cases: Sequence[SceneCase]) -> list[list[tuple[Box, str]]]:
+        results = engine.ground([GroundingRequest(case.image, (case.phrase,)) for case in cases])
+        return [[(tuple(box), label) for box, label in zip(r.boxes, r.labels, strict=True)] for r in results]
+
+    return ground

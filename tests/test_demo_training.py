@@ -1,0 +1,119 @@
+"""The demo-model training script: a few steps on a tiny shape, resumed from its checkpoint."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.demo.scenes import scene_rng
+from app.demo.training import (
+    IGNORE,
+    STATE_FILE,
+    TrainConfig,
+    build_merges,
+    collate,
+    lr_factor,
+    make_example,
+    merge_corpus,
+    objects_for_step,
+)
+from app.engine.base import GroundingRequest
+from app.engine.tiny_checkpoint import TinyShape
+from app.engine.transformers_engine import TransformersEngine
+from app.settings import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = replace(
+    TrainConfig(), shape=asdict(TinyShape(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)), mrope_section=(2, 1, 1)
+)
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_demo_model", ROOT / "scripts" / "train_demo_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """Two steps of the real script on a tiny shape, then a resume to three."""
+    out = tmp_path_factory.mktemp("demo-run")
+    args = ["--out", str(out), "--tiny", "--batch-size", "2", "--save-every", "1", "--no-progress", "--threads", "1"]
+    assert _script().main([*args, "--steps", "2"]) == 0
+    first = torch.load(out / STATE_FILE, weights_only=False)
+    assert first["step"] == 2
+    assert _script().main([*args, "--steps", "3", "--export", str(out / "exported")]) == 0
+    return out, first
+
+
+def test_training_resumes_from_its_checkpoint(trained_run):
+    out, first = trained_run
+    second = torch.load(out / STATE_FILE, weights_only=False)
+    assert second["step"] == 3
+    assert second["optimizer"]["state"], "optimizer moments are saved and carried on"
+    changed = [k for k in first["model"] if not torch.equal(first["model"][k], second["model"][k])]
+    assert changed, "the resumed step trained the restored weights"
+    assert (out / "exported" / "model.safetensors").exists() and (out / "exported" / "tokenizer.json").exists()
+
+
+def test_resume_refuses_another_configuration(trained_run, tmp_path):
+    out, _ = trained_run
+    with pytest.raises(ValueError, match="another configuration"):
+        _script().main(["--out", str(out), "--tiny", "--steps", "4", "--lr", "0.1", "--no-progress"])
+
+
+def test_the_engine_loads_the_trained_checkpoint_and_prompts_as_training_did(trained_run):
+    out, _ = trained_run
+    engine = TransformersEngine.load(load_settings(model_path=str(out / "exported"), device="cpu", max_new_tokens=8))
+    assert engine.info.model == "exported"
+    example = make_example(engine.processor, 5, 1.0, TINY)
+    inputs = engine._prepare([GroundingRequest(example.image, example.phrases)])
+    assert inputs["input_ids"][0].tolist() == example.prompt_ids, "training prompt == the engine's prompt"
+    assert torch.equal(inputs["pixel_values"], example.pixel_values)
+    result = engine.ground([GroundingRequest(example.image, example.phrases)])[0]
+    assert result.input_size == [int(example.grid_thw[0, 2]) * 14, int(example.grid_thw[0, 1]) * 14]
+
+
+def test_labels_cover_exactly_the_answer(trained_run):
+    out, _ = trained_run
+    engine = TransformersEngine.load(load_settings(model_path=str(out / "exported"), device="cpu"))
+    tokenizer = engine.processor.tokenizer
+    examples = [make_example(engine.processor, i, 1.0, TINY) for i in range(4)]
+    batch = collate(examples, tokenizer.pad_token_id)
+    assert batch["input_ids"].shape[1] % 8 == 0
+    for row, example in enumerate(examples):
+        labels = batch["labels"][row]
+        kept = labels[labels != IGNORE].tolist()
+        assert tokenizer.decode(kept, skip_special_tokens=False) == example.answer + "<|im_end|>"
+        assert example.answer.startswith('[{"bbox_2d": [') and example.answer.endswith('"}]')
+
+
+def test_merges_shorten_the_answer_format():
+    merges = build_merges(merge_corpus())
+    joined = {a + b for a, b in merges}
+    assert {"Ġhelpful", "bbox", "label", "Locate"} <= joined
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, 1 / 200),  # warm-up starts near zero
+        (199, 1.0),  # warm-up ends at the peak
+        (8000, 0.05),  # cosine ends at min_lr_ratio
+    ],
+)
+def test_lr_schedule(step, expected):
+    assert lr_factor(step, replace(TrainConfig(), steps=8000, warmup_steps=200)) == pytest.approx(expected)
+
+
+def test_curriculum_goes_from_one_object_to_the_domain():
+    config = TrainConfig()
+    start = [objects_for_step(scene_rng("train", i), 0.0, config) for i in range(200)]
+    end = [objects_for_step(scene_rng("train", i), 1.0, config) for i in range(400)]
+    assert set(start) == {1}
+    assert set(end) == {1, 2, 3, 4} and 0.15 < end.count(1) / len(end) < 0.35
