@@ -72,7 +72,7 @@ def test_the_engine_loads_the_trained_checkpoint_and_prompts_as_training_did(tra
     engine = TransformersEngine.load(load_settings(model_path=str(out / "exported"), device="cpu", max_new_tokens=8))
     assert engine.info.model == "exported"
     example = make_example(engine.processor, 5, 1.0, TINY)
-    inputs = engine._prepare([GroundingRequest(example.image, example.phrases)])
+    inputs = engine.prepare([GroundingRequest(example.image, example.phrases)]).inputs
     assert inputs["input_ids"][0].tolist() == example.prompt_ids, "training prompt == the engine's prompt"
     assert torch.equal(inputs["pixel_values"], example.pixel_values)
     result = engine.ground([GroundingRequest(example.image, example.phrases)])[0]
