@@ -100,9 +100,17 @@ def stack(tiny_checkpoint, tmp_path_factory):
 
 
 def test_status_reports_running(stack):
-    out = stack.chordctl("status")
-    assert out.returncode == 0 and "chord " in out.stdout and "RUNNING" in out.stdout
-    assert "chord-watchdog" in out.stdout
+    # Healthy comes first; Supervisor says RUNNING once the process has stayed up startsecs.
+    deadline = time.monotonic() + STARTSECS + 30
+    while True:
+        out = stack.chordctl("status")
+        chord_line = next(line for line in out.stdout.splitlines() if line.startswith("chord "))
+        if "RUNNING" in chord_line:
+            break
+        assert out.returncode != 0, "status exits non-zero while the server is not RUNNING"
+        assert time.monotonic() < deadline, out.stdout
+        time.sleep(0.5)
+    assert out.returncode == 0 and "chord-watchdog" in out.stdout
 
 
 def test_kill_9_comes_back_within_load_time_plus_5_s(stack):
