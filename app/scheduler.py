@@ -1,10 +1,12 @@
 """Dynamic batching in front of one engine: a bounded queue, batches, timeouts, backpressure.
 
 Every caller (UI, REST, batch tools) submits one request and gets a future. A collector thread
-takes up to ``max_batch_size`` waiting requests (while the model is busy it waits at most
-``max_batch_wait_ms`` for a batch to fill; an idle model gets what is queued at once), prepares
-them (processor work) and hands the prepared batch to the model thread, so the next batch is
-prepared while the current one generates. Each caller gets its own result.
+prepares requests as they arrive (processor work, in chunks of whatever is queued at that
+moment), so preparation overlaps the batch that is generating. The model thread forms its next
+batch when it is free, from everything already prepared, up to ``max_batch_size``: a batch is
+never closed early while the model is still busy. When fewer are ready it waits for the batch
+to fill until the oldest request has waited ``max_batch_wait_ms`` (a lone request on a quiet
+server starts at once). Each caller gets its own result.
 A full queue refuses at once (QueueFull, with a retry hint); a request still queued when its
 timeout passes is answered with RequestTimeout. Nothing accepted is dropped: every accepted
 request's future is completed with a result or an error, also at shutdown.
@@ -16,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -63,6 +66,14 @@ class _Job:
     deadline: float = 0.0
 
 
+@dataclass
+class _Chunk:
+    """Jobs prepared together; ``prepared`` is None for engines without ``prepare``."""
+
+    jobs: list[_Job]
+    prepared: object | None
+
+
 class BatchScheduler:
     """One queue, one model. ``submit`` is thread-safe and never blocks."""
 
@@ -83,10 +94,15 @@ class BatchScheduler:
         self.max_queue = max_queue
         self.request_timeout_s = request_timeout_s
         self._observer = observer
-        self._waiting: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
-        self._prepared: queue.Queue = queue.Queue(maxsize=1)
+        self._prepares = getattr(engine, "prepare", None) is not None
+        self._waiting: queue.Queue[_Job] = queue.Queue()
+        self._ready: deque[_Chunk] = deque()  # prepared, not yet in the model
+        self._ready_changed = threading.Condition()
+        self._accepted = 0  # accepted and not yet in the model: what MAX_QUEUE bounds
+        self._accepted_lock = threading.Lock()
+        self._preparing = False
         self._stop = threading.Event()
-        self._model_busy = threading.Event()
+        self._idle_since = time.monotonic()
         self._last_batch_seconds = 1.0
         self._threads = [
             threading.Thread(target=self._collect_loop, name="chord-batch-collect", daemon=True),
@@ -98,7 +114,7 @@ class BatchScheduler:
     @property
     def depth(self) -> int:
         """Requests accepted and not yet in the model."""
-        return self._waiting.qsize()
+        return self._accepted
 
     def submit(self, request: GroundingRequest) -> Future:
         """Queue one request; QueueFull at once when the queue is full."""
@@ -106,13 +122,14 @@ class BatchScheduler:
             raise ShuttingDown("the server is shutting down")
         job = _Job(request, Future())
         job.deadline = job.enqueued + self.request_timeout_s
-        try:
-            self._waiting.put_nowait(job)
-        except queue.Full:
-            raise QueueFull(
-                f"busy: {self.max_queue} requests are already waiting; try again in a moment",
-                retry_after_s=self._retry_after(),
-            ) from None
+        with self._accepted_lock:
+            if self._accepted >= self.max_queue:
+                raise QueueFull(
+                    f"busy: {self.max_queue} requests are already waiting; try again in a moment",
+                    retry_after_s=self._retry_after(),
+                )
+            self._accepted += 1
+        self._waiting.put(job)
         self._report_depth()
         return job.future
 
@@ -126,83 +143,138 @@ class BatchScheduler:
             raise RequestTimeout(f"no answer within REQUEST_TIMEOUT_S={self.request_timeout_s:g} s") from None
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop taking work, finish what the model holds, fail what is still queued."""
+        """Stop taking work, finish the batch the model holds, fail what is still queued."""
         self._stop.set()
+        with self._ready_changed:
+            self._ready_changed.notify_all()
         for thread in self._threads:
             thread.join(timeout=timeout_s)
+        leftovers = []
+        with self._ready_changed:
+            while self._ready:
+                leftovers.extend(self._ready.popleft().jobs)
         while True:
             try:
-                job = self._waiting.get_nowait()
+                leftovers.append(self._waiting.get_nowait())
             except queue.Empty:
                 break
+        self._left_queue(len(leftovers))
+        for job in leftovers:
             _fail(job, ShuttingDown("the server shut down before this request ran"))
 
-    # --- threads ---------------------------------------------------------------------------
+    # --- collector: prepare what arrives -----------------------------------------------------
     def _collect_loop(self) -> None:
         while not self._stop.is_set():
-            batch = self._next_batch()
-            if not batch:
+            jobs = self._take_waiting()
+            if not jobs:
                 continue
-            started = time.monotonic()
-            try:
-                prepared = _prepare(self.engine, [job.request for job in batch])
-            except Exception as exc:  # noqa: BLE001 - one bad request must not fail its batch-mates
-                logger.warning("preparing a batch of %d failed (%s); preparing one by one", len(batch), exc)
-                for job in batch:
-                    self._prepared.put(([job], started, None))
-                continue
-            self._prepared.put((batch, started, prepared))
+            for chunk in self._prepare_chunks(jobs):
+                with self._ready_changed:
+                    self._ready.append(chunk)
+                    self._ready_changed.notify_all()
+            with self._ready_changed:
+                self._preparing = False
+                self._ready_changed.notify_all()
 
-    def _next_batch(self) -> list[_Job]:
+    def _take_waiting(self) -> list[_Job]:
+        """The next request and every other one already queued (up to a batch), still live."""
         try:
             first = self._waiting.get(timeout=0.1)
         except queue.Empty:
             return []
-        batch = [first]
-        # An idle model takes what is already queued at once: waiting only helps while it is busy.
-        idle = not self._model_busy.is_set() and self._prepared.empty()
-        fill_until = time.monotonic() + (0.0 if idle else self.max_batch_wait_s)
-        while len(batch) < self.max_batch_size:
-            remaining = fill_until - time.monotonic()
+        with self._ready_changed:
+            self._preparing = True
+        jobs = [first]
+        while len(jobs) < self.max_batch_size:
             try:
-                batch.append(self._waiting.get(timeout=remaining) if remaining > 0 else self._waiting.get_nowait())
+                jobs.append(self._waiting.get_nowait())
             except queue.Empty:
                 break
-        self._report_depth()
+        live = self._live(jobs)
+        if len(live) < len(jobs):
+            self._left_queue(len(jobs) - len(live))
+        if not live:
+            with self._ready_changed:
+                self._preparing = False
+        return live
+
+    def _prepare_chunks(self, jobs: list[_Job]) -> list[_Chunk]:
+        if not self._prepares:
+            return [_Chunk(jobs, None)]
+        try:
+            return [_Chunk(jobs, self.engine.prepare([job.request for job in jobs]))]
+        except Exception as exc:  # noqa: BLE001 - one bad request must not fail its batch-mates
+            if len(jobs) == 1:
+                self._left_queue(1)
+                _fail(jobs[0], exc)
+                return []
+            logger.warning("preparing %d requests failed (%s); preparing them one by one", len(jobs), exc)
+            return [chunk for job in jobs for chunk in self._prepare_chunks([job])]
+
+    # --- model: batches from what is prepared ------------------------------------------------
+    def _model_loop(self) -> None:
+        while not self._stop.is_set():
+            chunks = self._next_batch()
+            if chunks:
+                self._run(chunks)
+                self._idle_since = time.monotonic()
+
+    def _next_batch(self) -> list[_Chunk]:
+        """Everything prepared, up to a batch; waits for it to fill as the module docstring says."""
+        with self._ready_changed:
+            if not self._ready:
+                self._ready_changed.wait(timeout=0.1)
+            if not self._ready or self._stop.is_set():
+                return []
+            oldest = self._ready[0].jobs[0].enqueued
+            lone = oldest - self._idle_since > self.max_batch_wait_s  # arrived at a quiet server
+            fill_until = oldest + self.max_batch_wait_s
+            while self._ready_count() < self.max_batch_size and not self._stop.is_set():
+                remaining = fill_until - time.monotonic()
+                coming = self._preparing or not self._waiting.empty()
+                if remaining <= 0 or (lone and not coming):
+                    break
+                self._ready_changed.wait(timeout=remaining)
+            chunks = [self._ready.popleft()]
+            size = len(chunks[0].jobs)
+            while self._ready and size + len(self._ready[0].jobs) <= self.max_batch_size:
+                size += len(self._ready[0].jobs)
+                chunks.append(self._ready.popleft())
+        self._left_queue(size)
+        return [chunk for chunk in chunks if self._live(chunk.jobs)]
+
+    def _ready_count(self) -> int:
+        return sum(len(chunk.jobs) for chunk in self._ready)
+
+    def _live(self, jobs: list[_Job]) -> list[_Job]:
+        """Fail the jobs whose timeout passed while queued; the ones still wanted."""
         now = time.monotonic()
         live = []
-        for job in batch:
-            if job.future.cancelled():
+        for job in jobs:
+            if job.future.done():  # cancelled by its caller
                 continue
             if now > job.deadline:
-                limit = f"REQUEST_TIMEOUT_S={self.request_timeout_s:g} s"
-                _fail(job, RequestTimeout(f"waited more than {limit} in the queue"))
+                _fail(job, RequestTimeout(f"waited more than REQUEST_TIMEOUT_S={self.request_timeout_s:g} s"))
                 continue
             live.append(job)
         return live
 
-    def _model_loop(self) -> None:
-        while not (self._stop.is_set() and self._prepared.empty()):
-            try:
-                batch, collected_at, prepared = self._prepared.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            self._model_busy.set()
-            try:
-                self._run(batch, collected_at, prepared)
-            finally:
-                self._model_busy.clear()
+    def _run(self, chunks: list[_Chunk]) -> None:
+        collected_at = time.monotonic()
+        batch = [job for chunk in chunks for job in chunk.jobs]
+        prepared = self.engine.merge([c.prepared for c in chunks]) if self._prepares else None
+        self._generate(batch, collected_at, prepared)
 
-    def _run(self, batch: list[_Job], collected_at: float, prepared) -> None:
+    def _generate(self, batch: list[_Job], collected_at: float, prepared) -> None:
         started = time.monotonic()
         requests = [job.request for job in batch]
         try:
-            results = _generate(self.engine, requests, prepared)
+            results = self.engine.generate(requests, prepared) if prepared is not None else self.engine.ground(requests)
         except Exception as exc:  # noqa: BLE001
             if len(batch) > 1:
                 logger.warning("a batch of %d failed (%s); running its requests one by one", len(batch), exc)
                 for job in batch:
-                    self._run([job], collected_at, None)
+                    self._generate([job], collected_at, None)
                 return
             logger.exception("request failed in the model")
             _fail(batch[0], exc)
@@ -212,10 +284,15 @@ class BatchScheduler:
         for job, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):  # an engine may fail one request of a batch alone
                 _fail(job, result)
-            elif not job.future.cancelled():
+            elif not job.future.done():  # a job that timed out or was cancelled meanwhile keeps that outcome
                 job.future.set_result(result)
         if self._observer is not None:
             self._observer.batch_done(len(batch), [collected_at - job.enqueued for job in batch], model_seconds)
+
+    def _left_queue(self, count: int) -> None:
+        with self._accepted_lock:
+            self._accepted -= count
+        self._report_depth()
 
     def _retry_after(self) -> int:
         batches_ahead = max(1, self.max_queue // self.max_batch_size)
@@ -223,18 +300,7 @@ class BatchScheduler:
 
     def _report_depth(self) -> None:
         if self._observer is not None:
-            self._observer.queue_depth(self._waiting.qsize())
-
-
-def _prepare(engine: Engine, requests: list[GroundingRequest]):
-    prepare = getattr(engine, "prepare", None)
-    return prepare(requests) if prepare is not None else None
-
-
-def _generate(engine: Engine, requests: list[GroundingRequest], prepared) -> list[GroundingResult]:
-    if prepared is not None:
-        return engine.generate(requests, prepared)
-    return engine.ground(requests)
+            self._observer.queue_depth(self._accepted)
 
 
 def _fail(job: _Job, exc: BaseException) -> None:

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     attn_impl: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
         "auto", description="Attention kernel; auto is flash_attention_2 when flash_attn imports on CUDA, else sdpa."
     )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="CPU threads for the model's math; 0 = auto: one less than the usable cores (at least 1).",
+    )
     max_new_tokens: int = Field(512, ge=1, le=2048, description="Most tokens generated for one answer.")
     min_pixels: int = Field(
         4 * PIXELS_PER_VISUAL_TOKEN,

@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    parser.add_argument(
+        "--curriculum-fraction",
+        type=float,
+        default=defaults.curriculum_fraction,
+        help="share of the run over which one-object scenes give way to the domain's 1-4 (may change on resume)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--rope-theta", type=float, default=defaults.rope_theta)
     parser.add_argument("--tiny", action="store_true", help="a minute-sized model, for tests and smoke runs")
@@ -55,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         warmup_steps=args.warmup_steps,
+        curriculum_fraction=args.curriculum_fraction,
         seed=args.seed,
         rope_theta=args.rope_theta,
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from app.answers import build_result
@@ -51,6 +52,19 @@ def test_batch_of_mixed_sizes_gives_each_request_its_own_answer(tiny_engine, req
         assert w % 28 == 0 and h % 28 == 0
         assert result.phrases == list(request.phrases)
         json.dumps(result.to_dict())  # serialisable
+
+
+def test_requests_prepared_apart_and_merged_are_the_batch_prepared_together(tiny_engine, requests_of_mixed_sizes):
+    """The scheduler prepares requests as they arrive and merges them: the model must see the same batch."""
+    together = tiny_engine.prepare(requests_of_mixed_sizes)
+    parts = [tiny_engine.prepare(requests_of_mixed_sizes[:2]), tiny_engine.prepare(requests_of_mixed_sizes[2:])]
+    merged = tiny_engine.merge(parts)
+    assert set(merged.inputs) == set(together.inputs)
+    for key in together.inputs:
+        assert torch.equal(merged.inputs[key], together.inputs[key]), key
+    assert merged.image_whs == together.image_whs
+    texts = [r.text for r in tiny_engine.generate(requests_of_mixed_sizes, merged)]
+    assert texts == [r.text for r in tiny_engine.ground(requests_of_mixed_sizes)]
 
 
 def test_input_size_is_the_processors_resize(tiny_engine):

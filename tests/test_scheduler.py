@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -50,6 +51,24 @@ def test_32_concurrent_requests_each_get_their_own_answer(tiny_engine):
     assert len(set(alone)) > 16, "the tiny model answers differently for different requests"
     assert max(recorder.sizes) > 1, "concurrent requests were batched"
     assert sum(recorder.sizes) == 32
+
+
+def test_requests_that_arrive_while_the_model_is_busy_go_in_one_full_batch(tiny_engine):
+    """Batches are formed when the model is free, not closed early while it generates."""
+    recorder = Recorder()
+    scheduler = BatchScheduler(tiny_engine, max_batch_size=8, max_batch_wait_ms=5, observer=recorder)
+    try:
+        first = scheduler.submit(request(0, max_new_tokens=200))
+        time.sleep(0.05)  # the first request is in the model now
+        later = []
+        for i in range(1, 9):
+            later.append(scheduler.submit(request(i)))
+            time.sleep(0.01)  # arrivals spread over longer than max_batch_wait_ms
+        first.result(timeout=120)
+        assert all(f.result(timeout=120).image_size for f in later)
+    finally:
+        scheduler.stop()
+    assert recorder.sizes == [1, 8], recorder.sizes
 
 
 def test_batch_size_one_is_the_naive_server(tiny_engine):

@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 IGNORE = -100
 STATE_FILE = "train_state.pt"
 MODEL_DIR = "model"
+# A resumed run may change only its schedule: how long it runs and how long the one-object phase lasts.
+SCHEDULE_FIELDS = ("steps", "curriculum_fraction")
 
 
 @dataclass(frozen=True)
@@ -276,10 +278,12 @@ def train(out_dir: Path, config: TrainConfig, device: torch.device, save_every: 
     step = 0
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if {**state["config"], "steps": config.steps} != asdict(config):
+        schedule = {name: getattr(config, name) for name in SCHEDULE_FIELDS}
+        if {**state["config"], **schedule} != asdict(config):
             raise ValueError(f"{state_path} belongs to a run with another configuration: {state['config']}")
-        if state["config"]["steps"] != config.steps:
-            logger.warning("run length changed from %d to %d steps", state["config"]["steps"], config.steps)
+        for name, value in schedule.items():
+            if state["config"][name] != value:
+                logger.warning("%s changed from %s to %s on resume", name, state["config"][name], value)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]

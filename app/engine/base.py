@@ -48,9 +48,10 @@ class EngineInfo:
 class Engine(Protocol):
     """What the scheduler, server and CLI need from a backend.
 
-    An engine may also offer ``prepare(requests)`` and ``generate(requests, prepared)`` (with
-    ``ground == generate(prepare(...))``): the batching scheduler then prepares the next batch
-    while the current one generates.
+    An engine may also offer ``prepare(requests)``, ``merge(prepared_parts)`` and
+    ``generate(requests, prepared)`` (with ``ground == generate(prepare(...))`` and
+    ``merge([prepare(a), prepare(b)]) == prepare(a + b)``): the batching scheduler then prepares
+    requests as they arrive, while the current batch generates, and merges them into the next.
     """
 
     info: EngineInfo

@@ -29,7 +29,14 @@ from transformers import (
 from app.answers import build_result
 from app.engine.base import EngineInfo, GroundingRequest
 from app.engine.pixels import effective_pixel_range
-from app.engine.runtime import dtype_name, release_cuda_cache, resolve_attn_impl, resolve_device, resolve_dtype
+from app.engine.runtime import (
+    configure_cpu_threads,
+    dtype_name,
+    release_cuda_cache,
+    resolve_attn_impl,
+    resolve_device,
+    resolve_dtype,
+)
 from app.errors import ModelLoadError, OutOfMemory
 from app.families import Family, family_from_model_type
 from app.model_path import require_model_path
@@ -69,6 +76,19 @@ class PreparedBatch:
     image_whs: list[tuple[int, int]]  # what the processor was given (an extreme strip is padded)
 
 
+def merge_left_padded(parts: Sequence[BatchFeature], pad_id: int) -> BatchFeature:
+    """Concatenate processor outputs: per-token rows are re-padded on the left, the rest stacked."""
+    length = max(part["input_ids"].shape[1] for part in parts)
+    merged = {}
+    for key in parts[0]:
+        values = [part[key] for part in parts]
+        if all(v.dim() == 2 and v.shape == part["input_ids"].shape for v, part in zip(values, parts, strict=True)):
+            fill = pad_id if key == "input_ids" else 0
+            values = [torch.nn.functional.pad(v, (length - v.shape[1], 0), value=fill) for v in values]
+        merged[key] = torch.cat(values)
+    return BatchFeature(merged)
+
+
 class TransformersEngine:
     """A loaded model and processor; ``ground`` is thread-compatible but not concurrent."""
 
@@ -89,6 +109,7 @@ class TransformersEngine:
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
         attn_impl = resolve_attn_impl(settings.attn_impl, device)
+        threads = configure_cpu_threads(settings.torch_threads)
         started = time.perf_counter()
         try:
             processor = AutoProcessor.from_pretrained(path)
@@ -112,8 +133,9 @@ class TransformersEngine:
             backend="transformers",
         )
         logger.info(
-            "loaded %s (%s) on %s, dtype %s, attention %s, in %.1f s",
-            info.model, family.display_name, info.device, info.dtype, attn_impl, time.perf_counter() - started,
+            "loaded %s (%s) on %s, dtype %s, attention %s, %d CPU threads, in %.1f s",
+            info.model, family.display_name, info.device, info.dtype, attn_impl, threads,
+            time.perf_counter() - started,
         )  # fmt: skip
         return cls(model, processor, family, info, settings)
 
@@ -127,6 +149,15 @@ class TransformersEngine:
         started = time.perf_counter()
         images = [_model_image(r.image) for r in requests]
         return PreparedBatch(self._prepare(requests, images), started, [image.size for image in images])
+
+    def merge(self, parts: Sequence[PreparedBatch]) -> PreparedBatch:
+        """One batch from parts prepared separately: exactly what preparing them together gives."""
+        if len(parts) == 1:
+            return parts[0]
+        pad_id = self.processor.tokenizer.pad_token_id
+        inputs = merge_left_padded([part.inputs for part in parts], pad_id)
+        image_whs = [wh for part in parts for wh in part.image_whs]
+        return PreparedBatch(inputs, min(part.started for part in parts), image_whs)
 
     def generate(self, requests: Sequence[GroundingRequest], prepared: PreparedBatch) -> list[GroundingResult]:
         """One left-padded batched greedy generation; a result per request, in order."""
