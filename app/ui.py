@@ -7,11 +7,14 @@ input has a default, and the output carries the boxes as numbers in the result J
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 import anyio
 import gradio as gr
 from PIL import Image
 
+from app.demo.examples import write_demo_examples
 from app.drawing import draw_result
 from app.errors import ChordError
 from app.fonts import label_font
@@ -87,6 +90,10 @@ class ChordUI:
         history = _remember(history or [], annotated, result)
         return annotated, result.to_dict(), result.text, _latency_text(result, record), history
 
+    async def ground_example(self, image: str, phrase: str) -> tuple[Image.Image, dict, str, str, list]:
+        """A click on a demo scene grounds it at once, with the default settings."""
+        return await self.ground(image, phrase, self.service.settings.max_new_tokens)
+
     def status(self) -> tuple[str, dict, gr.Timer]:
         """Header line and button state; the timer stops polling once loading has ended."""
         loading = self.service.loading
@@ -158,6 +165,14 @@ def build_ui(service: GroundingService) -> gr.Blocks:
                             elem_id="chord-phrase",
                         )
                         gr.Examples(examples=EXAMPLES, inputs=[phrase], label="Examples (click one)")
+                        demo_scenes = gr.Examples(
+                            examples=write_demo_examples(Path(tempfile.gettempdir()) / "chord-demo-scenes"),
+                            inputs=[image, phrase],
+                            label="Demo scenes (click one: it is grounded at once)",
+                            cache_examples=False,
+                            api_visibility="private",
+                            elem_id="chord-demo-scenes",
+                        )
                         with gr.Accordion("Advanced", open=False):
                             max_new_tokens = gr.Slider(
                                 1, 2048, value=service.settings.max_new_tokens, step=1, label="Max new tokens"
@@ -202,6 +217,12 @@ def build_ui(service: GroundingService) -> gr.Blocks:
             "(boxes as [x1, y1, x2, y2] pixels), the raw model answer and the latency.",
         ).success(lambda h: h, inputs=history, outputs=gallery, api_visibility="private", show_progress="hidden")
         image.change(lambda: ([], []), outputs=[history, gallery], api_visibility="private", show_progress="hidden")
+        demo_scenes.load_input_event.then(
+            ui.ground_example,
+            inputs=[image, phrase],
+            outputs=[annotated, result_json, raw, latency, history],
+            api_visibility="private",
+        ).success(lambda h: h, inputs=history, outputs=gallery, api_visibility="private", show_progress="hidden")
 
         timer = gr.Timer(2.0)
         status_outputs = [header, button, timer]

@@ -50,6 +50,19 @@ def server(tiny_checkpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def demo_server(tmp_path_factory):
+    """The real server on the bundled demo model (``MODEL_PATH=demo``), as a newcomer starts it."""
+    from live_server import start_server
+
+    live = start_server("demo", tmp_path_factory.mktemp("demo-server"), MAX_NEW_TOKENS="128")
+    try:
+        live.wait_for_health(200)
+        yield live
+    finally:
+        live.stop()
+
+
+@pytest.fixture(scope="session")
 def broken_server(tmp_path_factory):
     """The real server pointed at a MODEL_PATH that does not exist, told to stay up and say why."""
     from live_server import start_server

@@ -113,3 +113,28 @@ def test_the_page_says_the_model_is_loading_then_enables_find(browser, tiny_chec
         page.close()
     finally:
         live.stop()
+
+
+def test_a_demo_scene_is_grounded_on_the_first_click(browser, demo_server, tmp_path):
+    """A newcomer on the demo model clicks a generated scene and gets it grounded, no upload, no typing."""
+    from playwright.sync_api import expect
+
+    from app.demo.examples import write_demo_examples
+
+    _, phrase = write_demo_examples(tmp_path / "scenes")[0]
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(demo_server.url)
+        expect(page.locator("#chord-header")).to_contain_text("demo model")
+        expect(page.locator("#chord-go")).to_be_enabled()
+        page.locator("#chord-demo-scenes").get_by_text(phrase, exact=True).click()
+        expect(page.locator("#chord-phrase textarea")).to_have_value(phrase)
+        expect(page.locator("#chord-image img")).to_be_visible()
+        expect(page.locator("#chord-out img")).to_be_visible()
+        expect(page.locator("#chord-json")).to_contain_text(phrase)
+        expect(page.locator("#chord-latency textarea")).to_have_value(re.compile(r"\d+ ms model time"))
+        page.screenshot(path=str(tmp_path / "chord-demo.png"), full_page=True)
+    finally:
+        context.close()

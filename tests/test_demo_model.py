@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
-from app.demo.evaluation import REQUIRED_HIT_RATE, check_accuracy, engine_grounder, fresh_cases
+from app.demo.evaluation import REQUIRED_HIT_RATE, check_accuracy, engine_grounder, fresh_cases, http_grounder
 from app.engine.base import GroundingRequest
 from app.engine.transformers_engine import TransformersEngine
 from app.settings import DEMO_MODEL_DIR, DEMO_MODEL_NAME, load_settings
@@ -58,3 +59,25 @@ def test_demo_model_answers_in_the_qwen2_5_vl_dialect(demo_engine):
         assert result.input_size[0] * result.input_size[1] <= 28 * 28 * 36
         w, h = case.image.size
         assert all(0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h for x1, y1, x2, y2 in result.boxes)
+
+
+@pytest.fixture(scope="module")
+def served_report(demo_server):
+    """Issue 7's end-to-end check: 20 fresh scenes over the real server's /api/ground."""
+    return check_accuracy(http_grounder(demo_server.url), n=20)
+
+
+def test_the_server_on_the_demo_model_answers_fresh_scenes_over_http(demo_server, served_report):
+    health = httpx.get(f"{demo_server.url}/health", timeout=10).json()
+    assert health["model"] == DEMO_MODEL_NAME and "demo model" in health["model"]
+    assert served_report.n == 20
+    assert served_report.valid_rate >= 0.25, served_report.summary()  # labelled boxes came back through HTTP
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 7 is blocked: the bundled checkpoint does not reach the bar yet (see app/demo_model/README.md)",
+)
+def test_the_server_on_the_demo_model_grounds_fresh_scenes(served_report):
+    """Issue 7's bar through the whole stack: at least 80 % of 20 fresh scenes get IoU >= 0.5."""
+    assert served_report.hit_rate >= REQUIRED_HIT_RATE, served_report.summary()

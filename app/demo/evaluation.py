@@ -1,7 +1,7 @@
 """Measuring a grounder on fresh demo scenes: IoU against the ground truth. Pure (no torch).
 
-``evaluate`` takes any ``ground`` callable (the in-process engine, or the HTTP API once the server
-test uses it), so every path is judged by the same cases and the same arithmetic.
+``evaluate`` takes any ``ground`` callable (the in-process engine, or a running server's HTTP
+API), so every path is judged by the same cases and the same arithmetic.
 """
 
 from __future__ import annotations
@@ -115,6 +115,28 @@ def check_accuracy(ground: Grounder, n: int = 20, split: str = "test", batch_siz
     training, nor for the numbers in the model card (those use 'eval').
     """
     return evaluate(fresh_cases(n, split), ground, batch_size)
+
+
+def http_grounder(url: str, timeout_s: float = 120) -> Grounder:
+    """A ``Grounder`` over a running server's ``POST /api/ground`` (one PNG upload per case)."""
+    import io
+
+    import httpx
+
+    def ground(cases: Sequence[SceneCase]) -> list[list[tuple[Box, str]]]:
+        answers = []
+        with httpx.Client(base_url=url, timeout=timeout_s) as client:
+            for case in cases:
+                png = io.BytesIO()
+                case.image.save(png, "PNG")
+                files = {"image": (f"scene-{case.index}.png", png.getvalue(), "image/png")}
+                response = client.post("/api/ground", files=files, data={"prompt": case.phrase})
+                response.raise_for_status()
+                body = response.json()
+                answers.append([(tuple(box), label) for box, label in zip(body["boxes"], body["labels"], strict=True)])
+        return answers
+
+    return ground
 
 
 def engine_grounder(engine) -> Grounder:

@@ -35,7 +35,7 @@ MAX_OBJECTS = 4
 _PLACEMENT_TRIES = 200
 
 # Disjoint random streams, so evaluation scenes are never training scenes.
-STREAMS = {"train": 0, "eval": 1, "test": 2}
+STREAMS = {"train": 0, "eval": 1, "test": 2, "examples": 3}
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def phrase_for(colour: str, shape: str, style: str = "en_the") -> str:
 
 
 def scene_rng(split: str, index: int) -> np.random.Generator:
-    """The generator for scene ``index`` of ``split`` ('train', 'eval' or 'test'); streams never overlap."""
+    """The generator for scene ``index`` of ``split`` (a key of STREAMS); streams never overlap."""
     if split not in STREAMS:
         raise ValueError(f"split must be one of {list(STREAMS)}, got {split!r}")
     if index < 0:
