@@ -8,7 +8,7 @@ usage() {
 Usage: bash install.sh [options]
 
   --model M          model to serve: a hub id (default Qwen/Qwen2.5-VL-7B-Instruct), a local
-                     checkpoint directory, or "demo" (the bundled demo model, when it ships)
+                     checkpoint directory, or "demo" (the bundled demo model)
   --demo             same as --model demo
   --source S         where to download from: huggingface (default) or modelscope
   --device D         cpu, cuda or auto (default auto)

@@ -162,7 +162,7 @@ def _ground(args) -> int:
     from app.server.service import load_engine
 
     image = open_image(args.image)
-    engine = load_engine(settings)
+    engine = load_engine(settings, own_process=False)  # one answer: a second process would only cost its start
     request = GroundingRequest(image, clean_phrases(args.phrase), max_new_tokens=args.max_new_tokens)
     result = engine.ground([request])[0]
     if isinstance(result, ChordError):

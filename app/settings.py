@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     attn_impl: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
         "auto", description="Attention kernel; auto is flash_attention_2 when flash_attn imports on CUDA, else sdpa."
     )
+    model_process: bool = Field(
+        True,
+        description="Run the model in its own process (its own interpreter lock) so HTTP work never stalls it.",
+    )
     torch_threads: int = Field(
         0,
         ge=0,

@@ -41,7 +41,7 @@ from app.engine.tiny_checkpoint import (  # noqa: E402
     build_processor,
     build_tokenizer,
 )
-from app.engine.transformers_engine import TransformersEngine  # noqa: E402
+from app.engine.transformers_engine import LocalModel, TransformersEngine  # noqa: E402
 from app.families import Family  # noqa: E402
 from app.scheduler import BatchScheduler  # noqa: E402
 from app.settings import load_settings  # noqa: E402
@@ -74,7 +74,7 @@ def build_engine(shape: str, dtype: torch.dtype, attn: str, device: str, tokens:
     processor.tokenizer.padding_side = "left"
     settings = load_settings(model_path=f"random-{shape}", device=device, max_new_tokens=tokens, max_batch_size=32)
     info = EngineInfo(f"random-{shape}", Family.QWEN2_5_VL, device, dtype_name(dtype), attn, "transformers")
-    return TransformersEngine(model, processor, Family.QWEN2_5_VL, info, settings)
+    return TransformersEngine(LocalModel(model, info), processor, Family.QWEN2_5_VL, settings)
 
 
 def sync(device: str) -> None:

@@ -45,6 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--rope-theta", type=float, default=defaults.rope_theta)
+    parser.add_argument(
+        "--mrope-section",
+        default=",".join(map(str, defaults.mrope_section)),
+        help="frequency pairs per head for (time, row, column), fastest first; they sum to head_dim / 2",
+    )
+    parser.add_argument(
+        "--position-aux-weight",
+        type=float,
+        default=defaults.position_aux_weight,
+        help="weight of the training-only loss that makes image tokens carry their (row, column); 0 = off",
+    )
+    parser.add_argument("--position-aux-layer", type=int, default=defaults.position_aux_layer)
     parser.add_argument("--tiny", action="store_true", help="a minute-sized model, for tests and smoke runs")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -64,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         curriculum_fraction=args.curriculum_fraction,
         seed=args.seed,
         rope_theta=args.rope_theta,
+        mrope_section=tuple(int(v) for v in args.mrope_section.split(",")),
+        position_aux_weight=args.position_aux_weight,
+        position_aux_layer=args.position_aux_layer,
     )
     if args.tiny:
         shape = TinyShape(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)

@@ -89,21 +89,18 @@ def merge_left_padded(parts: Sequence[BatchFeature], pad_id: int) -> BatchFeatur
     return BatchFeature(merged)
 
 
-class TransformersEngine:
-    """A loaded model and processor; ``ground`` is thread-compatible but not concurrent."""
+class LocalModel:
+    """The model in this process: one greedy batched ``generate``, returning token ids and their log-probabilities."""
 
-    def __init__(self, model, processor, family: Family, info: EngineInfo, settings: Settings):
+    def __init__(self, model, info: EngineInfo):
         self.model = model
-        self.processor = processor
-        self.family = family
         self.info = info
-        self.settings = settings
-        self._patch_size = int(processor.image_processor.patch_size)
-        self._stop_ids = _stop_token_ids(model, processor)
-        self.pixel_range = effective_pixel_range(settings, processor.image_processor.size)
+        eos = model.generation_config.eos_token_id
+        self.eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 
     @classmethod
-    def load(cls, settings: Settings) -> TransformersEngine:
+    def load(cls, settings: Settings) -> LocalModel:
+        """``from_pretrained`` exactly as a user's 7B loads, on the device, dtype and kernel the settings pick."""
         path = settings.resolved_model_path()
         family = _detect_family(path)
         device = resolve_device(settings.device)
@@ -112,7 +109,6 @@ class TransformersEngine:
         threads = configure_cpu_threads(settings.torch_threads)
         started = time.perf_counter()
         try:
-            processor = AutoProcessor.from_pretrained(path)
             model = AutoModelForImageTextToText.from_pretrained(
                 path,
                 dtype=dtype,
@@ -123,7 +119,6 @@ class TransformersEngine:
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load the model at MODEL_PATH={path!r}: {exc}") from exc
         model.eval()
-        processor.tokenizer.padding_side = "left"
         info = EngineInfo(
             model=_model_name(path),
             family=family,
@@ -137,7 +132,74 @@ class TransformersEngine:
             info.model, family.display_name, info.device, info.dtype, attn_impl, threads,
             time.perf_counter() - started,
         )  # fmt: skip
-        return cls(model, processor, family, info, settings)
+        return cls(model, info)
+
+    def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(generated ids [batch, steps], log-probability of each chosen token [batch, steps]), both on the CPU."""
+        recorder = ChosenTokenLogprobs()
+        batch = inputs["input_ids"].shape[0]
+        try:
+            with torch.inference_mode():
+                output = self.model.generate(
+                    **BatchFeature(inputs).to(self.model.device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    logits_processor=LogitsProcessorList([recorder]),
+                )
+        except torch.OutOfMemoryError:
+            del inputs
+            release_cuda_cache()
+            raise OutOfMemory(
+                f"the GPU ran out of memory on a batch of {batch}; lower MAX_BATCH_SIZE or MAX_PIXELS"
+            ) from None
+        generated = output[:, inputs["input_ids"].shape[1] :].cpu()
+        logprobs = torch.stack(recorder.logprobs, dim=1) if recorder.logprobs else torch.zeros(batch, 0)
+        return generated, logprobs
+
+
+class TransformersEngine:
+    """A processor here and a model runner (in this process, or its own); ``ground`` is not concurrent."""
+
+    def __init__(self, runner, processor, family: Family, settings: Settings):
+        self.runner = runner
+        self.processor = processor
+        self.family = family
+        self.info = runner.info
+        self.settings = settings
+        self._patch_size = int(processor.image_processor.patch_size)
+        self._stop_ids = _stop_token_ids(runner.eos_token_ids, processor)
+        self.pixel_range = effective_pixel_range(settings, processor.image_processor.size)
+
+    @property
+    def model(self):
+        """The model object when it runs in this process (None when it has its own process)."""
+        return getattr(self.runner, "model", None)
+
+    @classmethod
+    def load(cls, settings: Settings, own_process: bool = False) -> TransformersEngine:
+        """The processor here; the model here, or with ``own_process`` in a child process (``MODEL_PROCESS``)."""
+        path = settings.resolved_model_path()
+        family = _detect_family(path)
+        if own_process:
+            from app.engine.model_process import ModelProcess
+
+            runner = ModelProcess.start(settings)
+        else:
+            runner = LocalModel.load(settings)
+        try:
+            processor = AutoProcessor.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            _close(runner)
+            raise ModelLoadError(f"could not load the processor at MODEL_PATH={path!r}: {exc}") from exc
+        processor.tokenizer.padding_side = "left"
+        return cls(runner, processor, family, settings)
+
+    def close(self) -> None:
+        """Stop the model's process, if it has one."""
+        _close(self.runner)
 
     def ground(self, requests: Sequence[GroundingRequest]) -> list[GroundingResult]:
         if not requests:
@@ -161,29 +223,9 @@ class TransformersEngine:
 
     def generate(self, requests: Sequence[GroundingRequest], prepared: PreparedBatch) -> list[GroundingResult]:
         """One left-padded batched greedy generation; a result per request, in order."""
-        inputs = prepared.inputs
-        input_whs = self._input_whs(inputs["image_grid_thw"])
+        input_whs = self._input_whs(prepared.inputs["image_grid_thw"])
         limits = [r.max_new_tokens or self.settings.max_new_tokens for r in requests]
-        recorder = ChosenTokenLogprobs()
-        try:
-            with torch.inference_mode():
-                output = self.model.generate(
-                    **inputs.to(self.model.device),
-                    max_new_tokens=max(limits),
-                    do_sample=False,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                    logits_processor=LogitsProcessorList([recorder]),
-                )
-        except torch.OutOfMemoryError:
-            del inputs
-            release_cuda_cache()
-            raise OutOfMemory(
-                f"the GPU ran out of memory on a batch of {len(requests)}; lower MAX_BATCH_SIZE or MAX_PIXELS"
-            ) from None
-        generated = output[:, inputs["input_ids"].shape[1] :].cpu()
-        logprobs = torch.stack(recorder.logprobs, dim=1) if recorder.logprobs else torch.zeros(len(requests), 0)
+        generated, logprobs = self.runner.generate_ids(dict(prepared.inputs), max(limits))
         latency_ms = (time.perf_counter() - prepared.started) * 1000
         results = []
         for row, request in enumerate(requests):
@@ -280,9 +322,14 @@ def _placement(device: str, max_memory: str) -> dict:
     return {"device_map": "auto", "max_memory": budget}
 
 
-def _stop_token_ids(model, processor) -> set[int]:
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+def _close(runner) -> None:
+    close = getattr(runner, "close", None)
+    if close is not None:
+        close()
+
+
+def _stop_token_ids(eos_token_ids: set[int], processor) -> set[int]:
+    ids = set(eos_token_ids)
     if processor.tokenizer.pad_token_id is not None:
         ids.add(processor.tokenizer.pad_token_id)
     return ids

@@ -54,6 +54,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "engine_unavailable": (502, "ENGINE=openai: the engine server could not be reached or failed (5xx)"),
     "engine_rejected": (502, "ENGINE=openai: the engine refused the request (4xx); its message is included"),
     "engine_timeout": (504, "ENGINE=openai: the engine gave no answer within ENGINE_TIMEOUT_S"),
+    "model_process_exited": (503, "the model's own process ended (e.g. killed for memory); the server restarts"),
     "internal_error": (500, "an unexpected fault; the request id is in the server log"),
 }
 

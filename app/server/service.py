@@ -55,10 +55,10 @@ class LoadState(Enum):
     FAILED = "failed"
 
 
-def load_transformers_engine(settings: Settings) -> Engine:
+def load_transformers_engine(settings: Settings, own_process: bool | None = None) -> Engine:
     from app.engine.transformers_engine import TransformersEngine
 
-    return TransformersEngine.load(settings)
+    return TransformersEngine.load(settings, own_process=settings.model_process if own_process is None else own_process)
 
 
 def load_openai_engine(settings: Settings) -> Engine:
@@ -67,9 +67,12 @@ def load_openai_engine(settings: Settings) -> Engine:
     return OpenAIEngine.load(settings)
 
 
-def load_engine(settings: Settings) -> Engine:
-    """The engine ENGINE names: the model in this process, or an OpenAI-compatible server."""
-    return load_openai_engine(settings) if settings.engine == "openai" else load_transformers_engine(settings)
+def load_engine(settings: Settings, own_process: bool | None = None) -> Engine:
+    """The engine ENGINE names: the model here (in its own process as MODEL_PROCESS or ``own_process`` says), or
+    an OpenAI-compatible server."""
+    if settings.engine == "openai":
+        return load_openai_engine(settings)
+    return load_transformers_engine(settings, own_process)
 
 
 class GroundingService:
