@@ -116,6 +116,7 @@ class ModelProcess:
         self._lost = False
         self._exit_on_loss = exit_on_loss
         self._shared = SharedTensors()
+        self._gpu_bytes = 0.0
 
     @classmethod
     def start(cls, settings: Settings, exit_on_loss: bool = True) -> ModelProcess:
@@ -159,7 +160,12 @@ class ModelProcess:
                 raise ModelProcessExited(message) from None
         if kind == "error":
             raise payload
-        return payload
+        generated, logprobs, self._gpu_bytes = payload
+        return generated, logprobs
+
+    def gpu_memory_allocated(self) -> float:
+        """Bytes torch held on the GPU in the model process after its last batch (0 before the first, or on CPU)."""
+        return self._gpu_bytes
 
     def close(self) -> None:
         """Ask the child to stop; terminate it if it does not within a few seconds."""
@@ -178,6 +184,7 @@ class ModelProcess:
 
 def _child_main(connection, settings: Settings) -> None:
     """The child: load the model, say so, then generate for every request until told to stop."""
+    from app.engine.runtime import cuda_memory_allocated
     from app.engine.transformers_engine import LocalModel
     from app.logs import configure_logging
 
@@ -202,7 +209,8 @@ def _child_main(connection, settings: Settings) -> None:
             return
         _, layout, max_new_tokens = message
         try:
-            connection.send(("ok", runner.generate_ids(shared.read(layout), max_new_tokens)))
+            generated, logprobs = runner.generate_ids(shared.read(layout), max_new_tokens)
+            connection.send(("ok", (generated, logprobs, cuda_memory_allocated())))
         except ChordError as exc:
             connection.send(("error", exc))
         except Exception as exc:  # noqa: BLE001 - the batch fails; the scheduler retries its requests alone

@@ -31,6 +31,7 @@ from app.engine.base import EngineInfo, GroundingRequest
 from app.engine.pixels import effective_pixel_range
 from app.engine.runtime import (
     configure_cpu_threads,
+    cuda_memory_allocated,
     dtype_name,
     release_cuda_cache,
     resolve_attn_impl,
@@ -200,6 +201,11 @@ class TransformersEngine:
     def close(self) -> None:
         """Stop the model's process, if it has one."""
         _close(self.runner)
+
+    def gpu_memory_allocated(self) -> float:
+        """Bytes torch holds on the model's GPU, wherever the model runs."""
+        report = getattr(self.runner, "gpu_memory_allocated", None)
+        return report() if report is not None else cuda_memory_allocated()
 
     def ground(self, requests: Sequence[GroundingRequest]) -> list[GroundingResult]:
         if not requests:

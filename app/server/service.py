@@ -116,7 +116,8 @@ class GroundingService:
         if engine.info.device.startswith("cuda"):
             from app.engine.runtime import cuda_memory_allocated
 
-            self.metrics.watch_gpu_memory(cuda_memory_allocated)
+            # The model's own process reports its memory with each batch; in this process torch knows it.
+            self.metrics.watch_gpu_memory(getattr(engine, "gpu_memory_allocated", cuda_memory_allocated))
         self._scheduler = BatchScheduler(
             engine,
             max_batch_size=self.settings.max_batch_size,
