@@ -69,10 +69,11 @@ class TrainConfig:
     # Curriculum: the share of one-object scenes falls from 1 to the domain's 1/4 over this part of the run.
     curriculum_fraction: float = 0.3
     multi_target_prob: float = 0.2
-    # M-RoPE gives each head's frequency pairs, fastest first, to (time, row, column). Qwen's
-    # 1e6 base leaves rows and columns only near-zero frequencies (no position at this size); a
-    # low base leaves no slow pairs, so attention cannot match content 30+ tokens away (the label
-    # was never copied). This split keeps fast pairs for rows and columns and slow ones for content.
+    # M-RoPE hands each head's frequency pairs, fastest first, to (time, row, column) in that order.
+    # Qwen's 1e6 base leaves rows and columns only near-zero frequencies (no position at this size);
+    # a very low base leaves no slow pairs, so attention cannot match content 30+ tokens away (the
+    # label was never copied). With base 1000 and (2, 3, 11) the columns get only slow pairs (a probe
+    # could not read them); run G used base 100 with the position loss below (app/demo_model/README.md).
     rope_theta: float = 1000.0
     mrope_section: tuple[int, int, int] = (2, 3, 11)
     # Random q/k biases of this size make every attention score a strong function of relative (row,
