@@ -75,6 +75,12 @@ def test_the_engine_loads_the_trained_checkpoint_and_prompts_as_training_did(tra
     inputs = engine.prepare([GroundingRequest(example.image, example.phrases)]).inputs
     assert inputs["input_ids"][0].tolist() == example.prompt_ids, "training prompt == the engine's prompt"
     assert torch.equal(inputs["pixel_values"], example.pixel_values)
+    # Every input the engine gives the model, training gives it too (positions come from mm_token_type_ids).
+    batch = collate([example], engine.processor.tokenizer.pad_token_id)
+    assert set(inputs) <= set(batch), set(inputs) - set(batch)
+    prompt = slice(0, len(example.prompt_ids))
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+        assert batch[key][0, prompt].tolist() == inputs[key][0].tolist(), key
     result = engine.ground([GroundingRequest(example.image, example.phrases)])[0]
     assert result.input_size == [int(example.grid_thw[0, 2]) * 14, int(example.grid_thw[0, 1]) * 14]
 

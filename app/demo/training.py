@@ -194,6 +194,10 @@ class Example:
     answer: str
     image: Image.Image
     phrases: tuple[str, ...]
+    # The processor's per-token modality ids for the prompt (image tokens marked). The model's M-RoPE
+    # positions come from them when present, as they are at inference; training without them
+    # taught run G positions the engine never uses (app/demo_model/README.md).
+    prompt_token_types: list[int]
 
 
 def objects_for_step(rng: np.random.Generator, progress: float, config: TrainConfig) -> int:
@@ -223,9 +227,11 @@ def make_example(processor, index: int, progress: float, config: TrainConfig) ->
     answer_ids = processor.tokenizer(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
     prompt_ids = inputs["input_ids"][0].tolist()
     phrases = tuple(phrase for _, phrase in targets)
+    token_types = inputs["mm_token_type_ids"][0].tolist()
     return Example(
-        prompt_ids, answer_ids, inputs["pixel_values"], inputs["image_grid_thw"], answer, scene.image, phrases
-    )
+        prompt_ids, answer_ids, inputs["pixel_values"], inputs["image_grid_thw"], answer, scene.image, phrases,
+        token_types,
+    )  # fmt: skip
 
 
 def collate(examples: list[Example], pad_id: int, multiple: int = 8) -> dict[str, torch.Tensor]:
@@ -235,14 +241,17 @@ def collate(examples: list[Example], pad_id: int, multiple: int = 8) -> dict[str
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), length), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), length), dtype=torch.long)
+    token_types = torch.zeros((len(examples), length), dtype=torch.long)  # answer and padding: text (0)
     for row, e in enumerate(examples):
         seq = e.prompt_ids + e.answer_ids
         ids[row, : len(seq)] = torch.tensor(seq)
         labels[row, len(e.prompt_ids) : len(seq)] = torch.tensor(e.answer_ids)
         mask[row, : len(seq)] = 1
+        token_types[row, : len(e.prompt_ids)] = torch.tensor(e.prompt_token_types)
     return {
         "input_ids": ids,
         "attention_mask": mask,
+        "mm_token_type_ids": token_types,
         "labels": labels,
         "pixel_values": torch.cat([e.pixel_values for e in examples]),
         "image_grid_thw": torch.cat([e.grid_thw for e in examples]),
