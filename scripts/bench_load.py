@@ -7,7 +7,10 @@ With ``--model`` it starts the server twice on free local ports (MAX_BATCH_SIZE 
 MAX_BATCH_SIZE=1: the naive one-at-a-time server), applies the same load to each and prints
 req/s, p50/p95/p99 latency, errors by type, the server's own overhead over the engine's time
 (sequential requests: client latency minus the result's latency_ms) and the throughput ratio.
-With ``--url`` it measures one running server. Writes everything to ``--out`` as JSON.
+Each row also says how the server spent the load: the mean batch (from ``/metrics``) and, for
+servers it started, the CPU time per request of the server process and of its children (the model
+process when ``MODEL_PROCESS`` is on). With ``--url`` it measures one running server. Writes
+everything to ``--out`` as JSON.
 Only loopback addresses are used; every loop is bounded in count and time.
 """
 
@@ -27,7 +30,9 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import psutil
 from PIL import Image, ImageDraw
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 PHRASES = ["the red circle", "the blue square", "红色的圆形", "all yellow triangles", "the green square"]
@@ -125,6 +130,17 @@ async def measure_overhead(url: str, count: int, images: list[bytes]) -> dict:
     return {"requests": len(overheads), "p50_ms": round(percentile(overheads, 50), 1)}
 
 
+def batch_totals(url: str) -> tuple[float, float]:
+    """(requests, batches) the server has run so far, from its ``chord_batch_size`` histogram."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    totals = {"chord_batch_size_sum": 0.0, "chord_batch_size_count": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] = sample.value
+    return totals["chord_batch_size_sum"], totals["chord_batch_size_count"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -156,6 +172,19 @@ class Server:
             time.sleep(0.5)
         raise RuntimeError(f"the server was not ready within {timeout} s")
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU seconds used so far by the server process, and by its children (the model process)."""
+        server = psutil.Process(self.process.pid)
+        children = 0.0
+        for child in server.children(recursive=True):
+            try:
+                times = child.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            children += times.user + times.system
+        times = server.cpu_times()
+        return times.user + times.system, children
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -165,12 +194,19 @@ class Server:
         self.log.close()
 
 
-def bench_one(url: str, args, images: list[bytes]) -> dict:
+def bench_one(url: str, args, images: list[bytes], server: Server | None = None) -> dict:
     asyncio.run(run_load(url, min(args.clients, 4), min(8, args.requests), args.duration, images))  # warm-up
-    return {
-        "load": asyncio.run(run_load(url, args.clients, args.requests, args.duration, images)),
-        "overhead": asyncio.run(measure_overhead(url, args.overhead_requests, images)),
-    }
+    requests_before, batches_before = batch_totals(url)
+    cpu_before = server.cpu_seconds() if server else None
+    load = asyncio.run(run_load(url, args.clients, args.requests, args.duration, images))
+    requests_after, batches_after = batch_totals(url)
+    batches = batches_after - batches_before
+    load["mean_batch"] = round((requests_after - requests_before) / batches, 2) if batches else None
+    if server and load["ok"]:
+        cpu_after = server.cpu_seconds()
+        load["server_cpu_ms_per_request"] = round((cpu_after[0] - cpu_before[0]) * 1000 / load["ok"], 2)
+        load["children_cpu_ms_per_request"] = round((cpu_after[1] - cpu_before[1]) * 1000 / load["ok"], 2)
+    return {"load": load, "overhead": asyncio.run(measure_overhead(url, args.overhead_requests, images))}
 
 
 def print_row(name: str, result: dict) -> None:
@@ -180,6 +216,13 @@ def print_row(name: str, result: dict) -> None:
         f"  p99 {load['p99_ms']:>8.1f} ms  ok {load['ok']}/{load['sent']}  errors {load['errors'] or 0}"
         f"  overhead p50 {overhead['p50_ms']:.1f} ms"
     )
+    spent = f"{'':<10} mean batch {load['mean_batch']}"
+    if "server_cpu_ms_per_request" in load:
+        spent += (
+            f"  CPU per request: server process {load['server_cpu_ms_per_request']:.1f} ms,"
+            f" its children (the model process) {load['children_cpu_ms_per_request']:.1f} ms"
+        )
+    print(spent)
 
 
 def main() -> int:
@@ -206,7 +249,7 @@ def main() -> int:
             server = Server(args.model, {**extra, "MAX_BATCH_SIZE": batch_size, "MAX_QUEUE": "1024"})
             try:
                 server.wait_ready()
-                report[name] = bench_one(server.url, args, images)
+                report[name] = bench_one(server.url, args, images, server)
             finally:
                 server.stop()
             print_row(name, report[name])

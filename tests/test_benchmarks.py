@@ -44,3 +44,24 @@ def test_bench_gpu_runs_on_cpu_with_the_tiny_shape(tmp_path):
     assert result["decode_ms_per_token"] > 0 and result["bandwidth_floor_ms_per_token"] > 0
     assert set(result["req_per_s"]) == {"1", "2"}
     assert "decode" in run.stdout and "floor" in run.stdout
+
+
+@pytest.mark.slow
+def test_bench_load_measures_a_batched_and_a_naive_server(tiny_checkpoint, tmp_path):
+    out = tmp_path / "bench_load.json"
+    run = subprocess.run(
+        [sys.executable, "scripts/bench_load.py", "--model", tiny_checkpoint, "--clients", "4", "--requests", "16",
+         "--overhead-requests", "2", "--server-env", "MAX_NEW_TOKENS=4", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(out.read_text())
+    batched, naive = report["batched"]["load"], report["naive"]["load"]
+    for load in (batched, naive):
+        assert load["ok"] == 16 and load["errors"] == {}
+        assert load["p50_ms"] <= load["p99_ms"]
+        assert load["children_cpu_ms_per_request"] > 0  # the model generated in its own process
+    assert naive["mean_batch"] == 1.0  # MAX_BATCH_SIZE=1: one request per generation
+    assert batched["mean_batch"] >= 1.0
+    assert report["throughput_ratio"] == round(batched["req_per_s"] / naive["req_per_s"], 2)
+    assert "throughput ratio batched/naive" in run.stdout and "mean batch" in run.stdout
