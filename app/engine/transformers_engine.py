@@ -264,7 +264,10 @@ class TransformersEngine:
             images=images,
             padding=True,
             return_tensors="pt",
-            images_kwargs={"size": {"shortest_edge": self.pixel_range[0], "longest_edge": self.pixel_range[1]}},
+            images_kwargs={
+                "size": {"shortest_edge": self.pixel_range[0], "longest_edge": self.pixel_range[1]},
+                "do_convert_rgb": any(image.mode != "RGB" for image in images),  # else a copy of each image
+            },
         )
 
     def _input_whs(self, grid_thw: torch.Tensor) -> list[tuple[int, int]]:
