@@ -22,7 +22,7 @@ from app.result import GroundingResult
 from app.server.errors import MissingImage
 from app.server.records import RequestRecord
 from app.server.service import GroundingService
-from app.ui_media import build_batch_tab, build_video_tab
+from app.ui_media import SCHEDULER_DECIDES, build_batch_tab, build_video_tab
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +215,7 @@ def build_ui(service: GroundingService) -> gr.Blocks:
             api_name="ground",
             api_description="Find the phrase(s) in the image; returns the annotated image, the result JSON "
             "(boxes as [x1, y1, x2, y2] pixels), the raw model answer and the latency.",
+            **SCHEDULER_DECIDES,
         ).success(lambda h: h, inputs=history, outputs=gallery, api_visibility="private", show_progress="hidden")
         image.change(lambda: ([], []), outputs=[history, gallery], api_visibility="private", show_progress="hidden")
         demo_scenes.load_input_event.then(
@@ -222,6 +223,7 @@ def build_ui(service: GroundingService) -> gr.Blocks:
             inputs=[image, phrase],
             outputs=[annotated, result_json, raw, latency, history],
             api_visibility="private",
+            **SCHEDULER_DECIDES,
         ).success(lambda h: h, inputs=history, outputs=gallery, api_visibility="private", show_progress="hidden")
 
         timer = gr.Timer(2.0)

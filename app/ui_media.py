@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 MAX_ZIP_MEMBER_BYTES = 64 * 1024 * 1024
 THUMBNAIL_WH = (480, 480)
 
+# Gradio runs each event listener one call at a time unless told otherwise. Grounding events go
+# straight to the batching scheduler instead: it forms the batches, and refuses with "busy" when
+# its queue is full, for UI and REST callers alike.
+SCHEDULER_DECIDES = {"concurrency_limit": None}
+
 
 class MediaUI:
     """Handlers of the Batch and Video tabs, reaching the model only through the service."""
@@ -177,6 +182,7 @@ def build_batch_tab(service: GroundingService) -> None:
         api_name="ground_batch",
         api_description="Find the phrase(s) in several images (or a zip of them); returns annotated images, "
         "results.jsonl and a COCO file, and a summary.",
+        **SCHEDULER_DECIDES,
     )
 
 
@@ -204,4 +210,5 @@ def build_video_tab(service: GroundingService) -> None:
         api_name="ground_video",
         api_description="Find the phrase(s) in a short video's frames sampled at fps; returns the annotated "
         "video, the frames (timestamp, boxes, labels, scores), frames.jsonl and a summary.",
+        **SCHEDULER_DECIDES,
     )

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+from gradio_client import Client, handle_file
 from live_server import start_server
 from PIL import Image
 
@@ -66,6 +67,27 @@ def test_32_concurrent_requests_each_get_their_own_result(batching_server):
     assert "chord_queue_depth" in metrics
 
 
+def test_concurrent_ui_requests_are_batched_and_each_gets_its_own_result(batching_server, tmp_path):
+    # Gradio runs an event one call at a time unless its concurrency limit is raised; Chord's
+    # grounding events must reach the scheduler together, like REST calls.
+    url = batching_server.url
+    paths = []
+    for i in range(8):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(png(i))
+    alone = [ground(url, i, max_new_tokens="256").json() for i in range(8)]
+    _, total_before = batch_size_counts(url)
+    client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+    jobs = [
+        client.submit(handle_file(str(paths[i])), PHRASES[i % len(PHRASES)], 256, api_name="/ground") for i in range(8)
+    ]
+    together = [job.result(timeout=300)[1] for job in jobs]
+    _, total_after = batch_size_counts(url)
+    assert [r["text"] for r in together] == [r["text"] for r in alone]
+    assert [r["image_size"] for r in together] == [r["image_size"] for r in alone]
+    assert total_after - total_before < 8, "UI requests sent together shared generations"
+
+
 def test_batch_endpoint_answers_in_order(batching_server):
     files = [("images", (f"{i}.png", png(i), "image/png")) for i in range(3)]
     response = httpx.post(f"{batching_server.url}/api/ground/batch", files=files, data={"prompt": "cup"}, timeout=300)
@@ -101,6 +123,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_every_accepted_request_co
         live.wait_for_health(200)
         with ThreadPoolExecutor(20) as pool:
             responses = list(pool.map(lambda i: ground(live.url, i), range(20)))
+        ui_outcomes = ui_outcomes_of_concurrent_requests(live.url, tmp_path, 12)
         assert httpx.get(f"{live.url}/health").status_code == 200
     finally:
         live.stop()
@@ -109,6 +132,27 @@ def test_a_full_queue_answers_503_with_retry_after_and_every_accepted_request_co
     busy = next(r for r in responses if r.status_code == 503)
     assert busy.json()["error"]["code"] == "busy" and int(busy.headers["Retry-After"]) >= 1
     assert all(r.json()["boxes"] is not None for r in responses if r.status_code == 200)
+    # The UI: the same queue refuses with a readable message; the accepted ones get their boxes.
+    assert "ok" in ui_outcomes and any("try again in a moment" in outcome for outcome in ui_outcomes)
+    assert all(outcome == "ok" or outcome.startswith("busy") for outcome in ui_outcomes), ui_outcomes
+
+
+def ui_outcomes_of_concurrent_requests(url: str, folder, count: int) -> list[str]:
+    """Send ``count`` grounding requests through the UI's API at once: "ok" or the error each one showed."""
+    client = Client(url, verbose=False, download_files=str(folder / "downloads"))
+    images = []
+    for i in range(count):
+        images.append(folder / f"ui{i}.png")
+        images[-1].write_bytes(png(i))
+    jobs = [client.submit(handle_file(str(image)), "the red circle", api_name="/ground") for image in images]
+    outcomes = []
+    for job in jobs:
+        try:
+            result = job.result(timeout=300)[1]
+            outcomes.append("ok" if result["boxes"] is not None else "no boxes")
+        except Exception as exc:  # noqa: BLE001 - gradio_client raises the message the UI showed
+            outcomes.append(str(exc))
+    return outcomes
 
 
 def test_a_request_past_its_timeout_gets_504(tiny_checkpoint, tmp_path):
