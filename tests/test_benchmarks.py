@@ -65,3 +65,18 @@ def test_bench_load_measures_a_batched_and_a_naive_server(tiny_checkpoint, tmp_p
     assert batched["mean_batch"] >= 1.0
     assert report["throughput_ratio"] == round(batched["req_per_s"] / naive["req_per_s"], 2)
     assert "throughput ratio batched/naive" in run.stdout and "mean batch" in run.stdout
+
+
+@pytest.mark.slow
+def test_the_locustfile_drives_the_server_headless_without_failures(server, tmp_path):
+    csv = tmp_path / "locust"
+    run = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", "scripts/locustfile.py", "--host", server.url, "--headless",
+         "-u", "4", "-r", "4", "-t", "6s", "--exit-code-on-error", "1", "--csv", str(csv), "--only-summary"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, (run.stdout + run.stderr)[-2000:]
+    rows = (tmp_path / "locust_stats.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    ground = dict(zip(header, next(r for r in rows if ",/api/ground," in r).split(","), strict=True))
+    assert int(ground["Request Count"]) > 0 and int(ground["Failure Count"]) == 0
