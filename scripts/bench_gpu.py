@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.engine.base import EngineInfo, GroundingRequest  # noqa: E402
+from app.engine.patch_embedding import use_linear_patch_embedding  # noqa: E402
 from app.engine.runtime import dtype_name  # noqa: E402
 from app.engine.tiny_checkpoint import (  # noqa: E402
     TinyShape,
@@ -68,6 +69,7 @@ def build_engine(shape: str, dtype: torch.dtype, attn: str, device: str, tokens:
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation=attn)
     model.eval()
+    use_linear_patch_embedding(model)  # as LocalModel.load serves it
     # No EOS: every request generates exactly `tokens` tokens.
     model.generation_config = GenerationConfig(eos_token_id=None, pad_token_id=tokenizer.pad_token_id, do_sample=False)
     processor = build_processor(tokenizer, QWEN_PIXELS)

@@ -28,6 +28,7 @@ from transformers import (
 
 from app.answers import build_result
 from app.engine.base import EngineInfo, GroundingRequest
+from app.engine.patch_embedding import use_linear_patch_embedding
 from app.engine.pixels import effective_pixel_range
 from app.engine.runtime import (
     configure_cpu_threads,
@@ -120,6 +121,7 @@ class LocalModel:
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load the model at MODEL_PATH={path!r}: {exc}") from exc
         model.eval()
+        use_linear_patch_embedding(model)
         info = EngineInfo(
             model=_model_name(path),
             family=family,
