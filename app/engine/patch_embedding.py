@@ -27,7 +27,8 @@ class LinearPatchEmbed(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         weight = self.proj.weight
-        flat = hidden_states.reshape(-1, self.patch_volume).to(weight.dtype)
+        # On the weight's device too: with device_map="auto" the original module may have carried that hook.
+        flat = hidden_states.reshape(-1, self.patch_volume).to(device=weight.device, dtype=weight.dtype)
         return nn.functional.linear(flat, weight.view(self.embed_dim, -1), self.proj.bias)
 
 
