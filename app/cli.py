@@ -115,6 +115,7 @@ def _serve(args) -> int:
 
     import uvicorn
 
+    from app.server.http_protocol import WholeResponseH11Protocol
     from app.server.main import create_app
 
     server: uvicorn.Server | None = None
@@ -131,10 +132,12 @@ def _serve(args) -> int:
     # One worker: Gradio's queue lives in this process. log_config=None keeps our one log format;
     # access_log off because each grounding request already gets its own line. An open browser
     # tab holds a stream open: without a graceful-shutdown limit SIGTERM would wait for it forever.
+    # WholeResponseH11Protocol sends each answer's head and body in one write (see its module).
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=WholeResponseH11Protocol,
         workers=1,
         log_config=None,
         access_log=False,
