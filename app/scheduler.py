@@ -7,6 +7,12 @@ batch when it is free, from everything already prepared, up to ``max_batch_size`
 never closed early while the model is still busy. When fewer are ready it waits for the batch
 to fill until the oldest request has waited ``max_batch_wait_ms`` (a lone request on a quiet
 server starts at once). Each caller gets its own result.
+
+With an engine that can batch continuously (``engine.continuous``) and ``max_batch_size`` above
+1, a batch does not have to wait for the one before it: prepared requests join the running batch
+between two decoding steps, as long as fewer than ``max_batch_size`` rows are decoding, and each
+leaves it the moment its answer is done. ``max_batch_size`` 1 is always the naive server: one
+``generate`` per request.
 A full queue refuses at once (QueueFull, with a retry hint); a request still queued when its
 timeout passes is answered with RequestTimeout. Nothing accepted is dropped: every accepted
 request's future is completed with a result or an error, also at shutdown.
@@ -55,6 +61,8 @@ class BatchObserver(Protocol):
 
     def batch_done(self, size: int, queue_seconds: Sequence[float], model_seconds: float) -> None: ...
 
+    def rows_decoding(self, mean_rows: float) -> None: ...
+
     def queue_depth(self, depth: int) -> None: ...
 
 
@@ -64,6 +72,17 @@ class _Job:
     future: Future
     enqueued: float = field(default_factory=time.monotonic)
     deadline: float = 0.0
+    retried: bool = False  # run again alone after its batch failed
+
+
+@dataclass
+class _Admitted:
+    """Requests that joined the running batch together, until the last of them is done."""
+
+    jobs: list[_Job]
+    collected_at: float
+    started: float
+    remaining: int
 
 
 @dataclass
@@ -85,6 +104,7 @@ class BatchScheduler:
         max_queue: int = 64,
         request_timeout_s: float = 120.0,
         observer: BatchObserver | None = None,
+        continuous: bool = True,
     ):
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError("max_batch_size and max_queue must be at least 1")
@@ -95,6 +115,8 @@ class BatchScheduler:
         self.request_timeout_s = request_timeout_s
         self._observer = observer
         self._prepares = getattr(engine, "prepare", None) is not None
+        self.continuous = continuous and self._prepares and max_batch_size > 1 and getattr(engine, "continuous", False)
+        self._in_flight = 0  # rows decoding (continuous batching)
         self._waiting: queue.Queue[_Job] = queue.Queue()
         self._ready: deque[_Chunk] = deque()  # prepared, not yet in the model
         self._ready_changed = threading.Condition()
@@ -149,6 +171,8 @@ class BatchScheduler:
             self._ready_changed.notify_all()
         for thread in self._threads:
             thread.join(timeout=timeout_s)
+        with self._ready_changed:  # rows already decoding finish (continuous batching)
+            self._ready_changed.wait_for(lambda: self._in_flight == 0, timeout=timeout_s)
         leftovers = []
         with self._ready_changed:
             while self._ready:
@@ -215,7 +239,9 @@ class BatchScheduler:
     def _model_loop(self) -> None:
         while not self._stop.is_set():
             chunks = self._next_batch()
-            if chunks:
+            if chunks and self.continuous:
+                self._admit(chunks)
+            elif chunks:
                 self._run(chunks)
                 self._idle_since = time.monotonic()
 
@@ -226,18 +252,23 @@ class BatchScheduler:
                 self._ready_changed.wait(timeout=0.1)
             if not self._ready or self._stop.is_set():
                 return []
+            capacity = self.max_batch_size - self._in_flight  # in_flight is 0 unless batching continuously
+            if len(self._ready[0].jobs) > capacity:
+                self._ready_changed.wait(timeout=0.1)  # until running rows finish
+                return []
+            busy = self._in_flight > 0  # join the running batch now: the model is not waiting for it
             oldest = self._ready[0].jobs[0].enqueued
             lone = oldest - self._idle_since > self.max_batch_wait_s  # arrived at a quiet server
             fill_until = oldest + self.max_batch_wait_s
-            while self._ready_count() < self.max_batch_size and not self._stop.is_set():
+            while self._ready_count() < capacity and not self._stop.is_set():
                 remaining = fill_until - time.monotonic()
                 coming = self._preparing or not self._waiting.empty()
-                if remaining <= 0 or (lone and not coming):
+                if busy or remaining <= 0 or (lone and not coming):
                     break
                 self._ready_changed.wait(timeout=remaining)
             chunks = [self._ready.popleft()]
             size = len(chunks[0].jobs)
-            while self._ready and size + len(self._ready[0].jobs) <= self.max_batch_size:
+            while self._ready and size + len(self._ready[0].jobs) <= capacity:
                 size += len(self._ready[0].jobs)
                 chunks.append(self._ready.popleft())
         self._left_queue(size)
@@ -288,6 +319,59 @@ class BatchScheduler:
                 job.future.set_result(result)
         if self._observer is not None:
             self._observer.batch_done(len(batch), [collected_at - job.enqueued for job in batch], model_seconds)
+
+    def _admit(self, chunks: list[_Chunk]) -> None:
+        """Continuous batching: these requests join the running batch; each finishes on its own."""
+        batch = [job for chunk in chunks for job in chunk.jobs]
+        admitted = _Admitted(batch, time.monotonic(), time.monotonic(), len(batch))
+        with self._ready_changed:
+            self._in_flight += len(batch)
+        try:
+            prepared = self.engine.merge([c.prepared for c in chunks])
+            rows = self.engine.start([job.request for job in batch], prepared)
+        except Exception as exc:  # noqa: BLE001
+            for job in batch:
+                self._row_done(job, admitted, exc)
+            return
+        for job, row in zip(batch, rows, strict=True):
+            row.add_done_callback(lambda row, job=job: self._row_done(job, admitted, row))
+
+    def _row_done(self, job: _Job, admitted: _Admitted, outcome: Future | Exception) -> None:
+        try:
+            self._answer(job, admitted, outcome)
+        finally:
+            self._row_left(admitted)
+
+    def _answer(self, job: _Job, admitted: _Admitted, outcome: Future | Exception) -> None:
+        error = outcome if isinstance(outcome, Exception) else outcome.exception()
+        if error is None:
+            result, mean_rows = outcome.result()
+            if not job.future.done():
+                job.future.set_result(result)
+            if self._observer is not None:
+                self._observer.rows_decoding(mean_rows)
+        elif len(admitted.jobs) > 1 and not job.retried and not self._stop.is_set():
+            logger.warning("a request failed with %d others (%s); running it again", len(admitted.jobs) - 1, error)
+            self._retry_alone(job)
+        else:
+            _fail(job, error)
+
+    def _row_left(self, admitted: _Admitted) -> None:
+        with self._ready_changed:
+            self._in_flight -= 1
+            admitted.remaining -= 1
+            if self._in_flight == 0:
+                self._idle_since = time.monotonic()
+            self._ready_changed.notify_all()
+        if admitted.remaining == 0 and self._observer is not None:
+            queue_seconds = [admitted.collected_at - j.enqueued for j in admitted.jobs]
+            self._observer.batch_done(len(admitted.jobs), queue_seconds, time.monotonic() - admitted.started)
+
+    def _retry_alone(self, job: _Job) -> None:
+        job.retried = True
+        with self._accepted_lock:
+            self._accepted += 1
+        self._waiting.put(job)  # prepared again, it joins the running batch again; a second failure is final
 
     def _left_queue(self, count: int) -> None:
         with self._accepted_lock:

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
     max_batch_size: int = Field(16, ge=1, le=256, description="Most requests per batched generation; 1 = no batching.")
     max_batch_wait_ms: float = Field(10.0, ge=0, le=10_000, description="Longest wait for a batch to fill, in ms.")
+    continuous_batching: bool = Field(
+        True,
+        description="Requests join the running batch between decoding steps (when the model allows it); "
+        "false: each batch runs one generate to its end.",
+    )
     max_queue: int = Field(64, ge=1, le=100_000, description="Requests waiting beyond this are refused with 503.")
     max_upload_bytes: int = Field(20_000_000, ge=1, description="Largest accepted upload, in bytes; larger gets 413.")
     max_image_pixels: int = Field(

@@ -20,11 +20,16 @@ class Recorder:
     def __init__(self):
         self.sizes: list[int] = []
         self.depths: list[int] = []
+        self.decode_rows: list[float] = []
         self.lock = threading.Lock()
 
     def batch_done(self, size, queue_seconds, model_seconds):
         with self.lock:
             self.sizes.append(size)
+
+    def rows_decoding(self, mean_rows):
+        with self.lock:
+            self.decode_rows.append(mean_rows)
 
     def queue_depth(self, depth):
         self.depths.append(depth)
@@ -53,10 +58,10 @@ def test_32_concurrent_requests_each_get_their_own_answer(tiny_engine):
     assert sum(recorder.sizes) == 32
 
 
-def test_requests_that_arrive_while_the_model_is_busy_go_in_one_full_batch(tiny_engine):
+def test_without_continuous_batching_requests_that_arrive_while_the_model_is_busy_go_in_one_full_batch(tiny_engine):
     """Batches are formed when the model is free, not closed early while it generates."""
     recorder = Recorder()
-    scheduler = BatchScheduler(tiny_engine, max_batch_size=8, max_batch_wait_ms=5, observer=recorder)
+    scheduler = BatchScheduler(tiny_engine, max_batch_size=8, max_batch_wait_ms=5, observer=recorder, continuous=False)
     try:
         first = scheduler.submit(request(0, max_new_tokens=200))
         time.sleep(0.05)  # the first request is in the model now
@@ -69,6 +74,27 @@ def test_requests_that_arrive_while_the_model_is_busy_go_in_one_full_batch(tiny_
     finally:
         scheduler.stop()
     assert recorder.sizes == [1, 8], recorder.sizes
+
+
+def test_requests_that_arrive_while_one_decodes_join_it_and_leave_when_done(tiny_engine):
+    """Continuous batching: short requests do not wait for a long one that started before them."""
+    recorder = Recorder()
+    scheduler = BatchScheduler(tiny_engine, max_batch_size=8, max_batch_wait_ms=5, observer=recorder)
+    assert scheduler.continuous
+    try:
+        long = scheduler.submit(request(0, max_new_tokens=300))
+        time.sleep(0.05)  # the long request is decoding now
+        short = [scheduler.submit(request(i, max_new_tokens=4)) for i in range(1, 4)]
+        short_results = [f.result(timeout=120) for f in short]
+        assert not long.done(), "the short requests were answered while the long one still decoded"
+        long_result = long.result(timeout=120)
+    finally:
+        scheduler.stop()
+    assert len(tiny_engine.processor.tokenizer(long_result.text)["input_ids"]) > 100, "no early stop: it was long"
+    alone = [tiny_engine.ground([request(i, max_new_tokens=4)])[0].text for i in range(1, 4)]
+    assert [r.text for r in short_results] == alone, "each got its own answer, as when sent alone"
+    assert max(recorder.decode_rows) > 1, "the short requests decoded in the same steps as the long one"
+    assert sum(recorder.sizes) == 4
 
 
 def test_batch_size_one_is_the_naive_server(tiny_engine):

@@ -3,20 +3,22 @@
 Python runs one thread at a time. In one process the model thread's generate loop (hundreds of
 small steps, each a little Python) takes turns with the HTTP handlers, image decoding and the
 processor, and on a busy server each slows the other. ``ModelProcess`` loads the model in a
-child process (``spawn``) exactly as ``LocalModel`` does in-process and runs ``generate_ids``
-there; the server keeps the processor, the scheduler and everything else. Prepared inputs go to
-the child through one shared-memory block the parent reuses (a batch's patches are megabytes:
-pickled through the pipe they cost more than the generation of a tiny model), only their
-shapes go over the pipe, and token ids come back over it.
+child process (``spawn``) exactly as ``LocalModel`` does in-process and decodes there (a
+continuous batch, or one ``generate`` per batch); the server keeps the processor, the
+scheduler and everything else. Prepared inputs go to the child through one shared-memory block
+the parent reuses (a batch's patches are megabytes: pickled through the pipe they cost more than
+the generation of a tiny model), only their shapes go over the pipe, and token ids come back
+over it.
 
 The child ends with its parent: its pipe reaches end-of-file, and a watcher thread sees the
 parent process change (``PR_SET_PDEATHSIG`` would follow the loading thread, not the process). If
-the child dies first (killed for memory, a crashed kernel), the batch in flight fails with
+the child dies first (killed for memory, a crashed kernel), every request in flight fails with
 ``model_process_exited`` and the server stops itself, so Supervisor restarts the whole program.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -24,12 +26,12 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from multiprocessing import shared_memory
 
 import torch
 import torch.multiprocessing
 
-from app.engine.base import EngineInfo
 from app.errors import ChordError, ModelLoadError
 from app.settings import Settings
 
@@ -105,18 +107,27 @@ class ModelProcessExited(ChordError):
 
 
 class ModelProcess:
-    """A child process holding the model; ``generate_ids`` as ``LocalModel`` has it, one call at a time."""
+    """A child process holding the model: ``generate_ids`` and ``start_ids`` as ``LocalModel`` has them.
 
-    def __init__(self, process, connection, info: EngineInfo, eos_token_ids: set[int], exit_on_loss: bool = True):
-        self.info = info
-        self.eos_token_ids = eos_token_ids
+    Calls may come from several threads: each message gets futures, and a receiver thread
+    completes them as the child answers. The shared block holds one message's inputs at a time;
+    the next is written once the child says it has read them (its prefill is done).
+    """
+
+    def __init__(self, process, connection, ready: tuple, exit_on_loss: bool = True):
+        self.info, self.eos_token_ids, self.continuous_unsupported = ready
         self._process = process
         self._connection = connection
-        self._lock = threading.Lock()
-        self._lost = False
         self._exit_on_loss = exit_on_loss
         self._shared = SharedTensors()
+        self._shared_free = threading.Semaphore(1)
+        self._send_lock = threading.Lock()
+        self._pending: dict[object, Future] = {}
+        self._keys = itertools.count()
+        self._lost: str | None = None  # why calls fail now
         self._gpu_bytes = 0.0
+        self._receiver = threading.Thread(target=self._receive, name="chord-model-receive", daemon=True)
+        self._receiver.start()
 
     @classmethod
     def start(cls, settings: Settings, exit_on_loss: bool = True) -> ModelProcess:
@@ -135,43 +146,34 @@ class ModelProcess:
         if kind == "error":
             process.join(_STOP_WAIT_S)
             raise payload
-        info, eos_token_ids = payload
         logger.info("the model runs in its own process (pid %d)", process.pid)
-        return cls(process, parent_end, info, eos_token_ids, exit_on_loss)
+        return cls(process, parent_end, payload, exit_on_loss)
 
     @property
     def pid(self) -> int | None:
         return self._process.pid
 
     def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        with self._lock:
-            if self._lost:
-                raise ModelProcessExited("the model process has ended; the server is restarting")
-            try:
-                self._connection.send(("generate", self._shared.write(inputs), max_new_tokens))
-                kind, payload = self._connection.recv()
-            except (EOFError, OSError):
-                self._lost = True
-                self._process.join(1.0)
-                message = f"the model process ended (exit code {self._process.exitcode}); the server is restarting"
-                logger.critical("%s", message)
-                if self._exit_on_loss:
-                    os.kill(os.getpid(), signal.SIGTERM)  # Supervisor starts the program again
-                raise ModelProcessExited(message) from None
-        if kind == "error":
-            raise payload
-        generated, logprobs, self._gpu_bytes = payload
+        """One batched ``generate`` in the child (between two of its decoding steps, if it has a running batch)."""
+        (future,) = self._send("generate", inputs, max_new_tokens, rows=1)
+        generated, logprobs = future.result()
         return generated, logprobs
 
+    def start_ids(self, inputs: dict[str, torch.Tensor], limits, pad_id: int, stop_ids: set[int]) -> list[Future]:
+        """Add these prompts to the child's running batch; a future per row, of ``FinishedRow``."""
+        return self._send("admit", inputs, (list(limits), pad_id, set(stop_ids)), rows=len(limits))
+
     def gpu_memory_allocated(self) -> float:
-        """Bytes torch held on the GPU in the model process after its last batch (0 before the first, or on CPU)."""
+        """Bytes torch held on the GPU in the model process when it last read a batch (0 before, or on CPU)."""
         return self._gpu_bytes
 
     def close(self) -> None:
         """Ask the child to stop; terminate it if it does not within a few seconds."""
+        self._lost = self._lost or "the model process was stopped"
         if self._process.is_alive():
             try:
-                self._connection.send(("stop",))
+                with self._send_lock:
+                    self._connection.send(("stop",))
             except (OSError, ValueError):
                 pass
             self._process.join(_STOP_WAIT_S)
@@ -179,11 +181,62 @@ class ModelProcess:
             self._process.terminate()
             self._process.join(_STOP_WAIT_S)
         self._connection.close()
+        self._receiver.join(_STOP_WAIT_S)
         self._shared.close()
+
+    def _send(self, kind: str, inputs: dict[str, torch.Tensor], arguments, rows: int) -> list[Future]:
+        self._shared_free.acquire()  # released when the child has read the block's previous inputs
+        with self._send_lock:
+            if self._lost:
+                self._shared_free.release()
+                raise ModelProcessExited(self._lost)
+            keys = [next(self._keys) for _ in range(rows)]
+            futures = [Future() for _ in keys]
+            self._pending.update(zip(keys, futures, strict=True))
+            try:
+                self._connection.send((kind, self._shared.write(inputs), arguments, keys))
+            except (OSError, ValueError):
+                pass  # the receiver sees the pipe end and fails these futures
+        return futures
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                message = self._connection.recv()
+            except (EOFError, OSError):
+                self._on_loss()
+                return
+            if message[0] == "read":
+                self._gpu_bytes = message[1]
+                self._shared_free.release()
+            else:  # ("done", key, ok, payload)
+                _, key, ok, payload = message
+                future = self._pending.pop(key)
+                if ok:
+                    future.set_result(payload)
+                else:
+                    future.set_exception(payload)
+
+    def _on_loss(self) -> None:
+        """The pipe ended: fail what is pending; unless closed on purpose, stop the server (Supervisor restarts it)."""
+        on_purpose = self._lost is not None
+        if not on_purpose:
+            self._process.join(1.0)
+            self._lost = f"the model process ended (exit code {self._process.exitcode}); the server is restarting"
+            logger.critical("%s", self._lost)
+        with self._send_lock:
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            future.set_exception(ModelProcessExited(self._lost))
+        self._shared_free.release()
+        if not on_purpose and self._exit_on_loss:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _child_main(connection, settings: Settings) -> None:
-    """The child: load the model, say so, then generate for every request until told to stop."""
+    """The child: load the model, say so, then serve ``generate`` and ``admit`` messages until told to stop."""
+    from app.engine.continuous import ContinuousDecoder
+    from app.engine.decode_loop import Group, run_decode_loop
     from app.engine.runtime import cuda_memory_allocated
     from app.engine.transformers_engine import LocalModel
     from app.logs import configure_logging
@@ -198,24 +251,54 @@ def _child_main(connection, settings: Settings) -> None:
     except Exception as exc:  # noqa: BLE001 - the parent reports it as a load failure
         connection.send(("error", ModelLoadError(f"could not load the model: {type(exc).__name__}: {exc}")))
         return
-    connection.send(("ready", (runner.info, runner.eos_token_ids)))
+    connection.send(("ready", (runner.info, runner.eos_token_ids, runner.continuous_unsupported)))
     shared = SharedTensors.reader()
-    while True:
+    decoder = ContinuousDecoder(runner.model, set(), 0) if runner.continuous_unsupported is None else None
+
+    def finished(key, outcome) -> None:
+        connection.send(("done", key, not isinstance(outcome, Exception), outcome))
+
+    def generate(layout, max_new_tokens: int, key) -> None:
         try:
-            message = connection.recv()
-        except (EOFError, OSError):
-            return
-        if message[0] == "stop":
-            return
-        _, layout, max_new_tokens = message
-        try:
-            generated, logprobs = runner.generate_ids(shared.read(layout), max_new_tokens)
-            connection.send(("ok", (generated, logprobs, cuda_memory_allocated())))
+            inputs = shared.read(layout)
+            outcome = runner.generate_ids(inputs, max_new_tokens)
         except ChordError as exc:
-            connection.send(("error", exc))
+            outcome = exc
         except Exception as exc:  # noqa: BLE001 - the batch fails; the scheduler retries its requests alone
             logger.exception("generation failed in the model process")
-            connection.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+            outcome = RuntimeError(f"{type(exc).__name__}: {exc}")
+        connection.send(("read", cuda_memory_allocated()))
+        finished(key, outcome)
+
+    def receive(block: bool) -> list[Group] | None:
+        groups = []
+        while block or connection.poll():
+            block = False
+            try:
+                message = connection.recv()
+            except (EOFError, OSError):
+                return None
+            kind = message[0]
+            if kind == "stop":
+                return None
+            _, layout, arguments, keys = message
+            if kind == "generate":
+                generate(layout, arguments, keys[0])
+                block = decoder is None or decoder.size == 0 and not groups
+                continue
+            limits, decoder.pad_id, decoder.stop_ids = arguments
+            groups.append(Group(shared.read(layout), keys, limits))
+        return groups
+
+    def admitted(group: Group) -> None:
+        connection.send(("read", cuda_memory_allocated()))
+
+    if decoder is None:
+        while (groups := receive(True)) is not None:
+            for group in groups:  # "admit" is never sent when continuous batching is unsupported
+                admitted(group)
+        return
+    run_decode_loop(decoder, receive, admitted, finished)
 
 
 def _die_with_parent(poll_s: float = 1.0) -> None:

@@ -9,8 +9,11 @@ image to.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,8 @@ from transformers import (
 
 from app.answers import build_result
 from app.engine.base import EngineInfo, GroundingRequest
+from app.engine.continuous import ContinuousDecoder, unsupported_reason
+from app.engine.decode_loop import Group, run_decode_loop
 from app.engine.patch_embedding import use_linear_patch_embedding
 from app.engine.pixels import effective_pixel_range
 from app.engine.runtime import (
@@ -92,13 +97,54 @@ def merge_left_padded(parts: Sequence[BatchFeature], pad_id: int) -> BatchFeatur
 
 
 class LocalModel:
-    """The model in this process: one greedy batched ``generate``, returning token ids and their log-probabilities."""
+    """The model in this process: greedy batched ``generate`` (``generate_ids``), or continuous batching
+    on a decoding thread (``start_ids``); both return token ids and their log-probabilities."""
 
     def __init__(self, model, info: EngineInfo):
         self.model = model
         self.info = info
         eos = model.generation_config.eos_token_id
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.continuous_unsupported = unsupported_reason(model)
+        self._groups: queue.Queue[Group | None] | None = None
+        self._decoding: threading.Thread | None = None
+
+    def start_ids(
+        self, inputs: dict[str, torch.Tensor], limits: Sequence[int], pad_id: int, stop_ids: set[int]
+    ) -> list[Future]:
+        """Add these prompts to the running batch; a future per row, of ``FinishedRow``."""
+        if self._decoding is None:
+            self._groups = queue.Queue()
+            decoder = ContinuousDecoder(self.model, stop_ids, pad_id)
+            self._decoding = threading.Thread(target=self._decode, args=(decoder,), name="chord-decode", daemon=True)
+            self._decoding.start()
+        futures = [Future() for _ in limits]
+        self._groups.put(Group(inputs, futures, list(limits)))
+        return futures
+
+    def close(self) -> None:
+        """Stop the decoding thread (after the step it is in)."""
+        if self._decoding is not None:
+            self._groups.put(None)
+            self._decoding.join(timeout=30)
+
+    def _decode(self, decoder: ContinuousDecoder) -> None:
+        def receive(block: bool) -> list[Group] | None:
+            groups = [self._groups.get()] if block else []
+            while True:
+                try:
+                    groups.append(self._groups.get_nowait())
+                except queue.Empty:
+                    break
+            return None if None in groups else groups
+
+        def finished(future: Future, outcome) -> None:
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        run_decode_loop(decoder, receive, lambda group: None, finished)
 
     @classmethod
     def load(cls, settings: Settings) -> LocalModel:
@@ -235,25 +281,63 @@ class TransformersEngine:
         limits = [r.max_new_tokens or self.settings.max_new_tokens for r in requests]
         generated, logprobs = self.runner.generate_ids(dict(prepared.inputs), max(limits))
         latency_ms = (time.perf_counter() - prepared.started) * 1000
+        return [
+            self._result(request, prepared, row, input_whs[row], generated[row].tolist(), logprobs[row].tolist(),
+                         limits[row], latency_ms)
+            for row, request in enumerate(requests)
+        ]  # fmt: skip
+
+    @property
+    def continuous(self) -> bool:
+        """Whether ``start`` can add requests to a running batch (continuous batching) for this model."""
+        return getattr(self.runner, "continuous_unsupported", "the runner cannot") is None
+
+    def start(self, requests: Sequence[GroundingRequest], prepared: PreparedBatch) -> list[Future]:
+        """Add these requests to the running batch; a future per request, of (result, rows decoded alongside)."""
+        input_whs = self._input_whs(prepared.inputs["image_grid_thw"])
+        limits = [r.max_new_tokens or self.settings.max_new_tokens for r in requests]
+        pad_id = self.processor.tokenizer.pad_token_id
+        rows = self.runner.start_ids(dict(prepared.inputs), limits, pad_id, self._stop_ids)
         results = []
-        for row, request in enumerate(requests):
-            ids = self._answer_ids(generated[row], limits[row])
-            prefixes = self._decoded_prefixes(ids)
-            result = build_result(
-                text=prefixes[-1] if prefixes else "",
-                family=self.family,
-                image_wh=prepared.image_whs[row],
-                input_wh=input_whs[row],
-                phrases=request.phrases,
-                model=self.info.model,
-                latency_ms=latency_ms,
-                token_prefixes=prefixes,
-                token_logprobs=logprobs[row, : len(ids)].tolist(),
-            )
-            if prepared.image_whs[row] != request.image.size:
-                result = crop_result(result, request.image.size)
+        for index, (request, row) in enumerate(zip(requests, rows, strict=True)):
+            result: Future = Future()
+
+            def complete(row: Future, index=index, request=request, result=result) -> None:
+                try:
+                    finished = row.result()
+                    latency_ms = (time.perf_counter() - prepared.started) * 1000
+                    grounded = self._result(request, prepared, index, input_whs[index], finished.token_ids,
+                                            finished.logprobs, limits[index], latency_ms)  # fmt: skip
+                except Exception as exc:  # noqa: BLE001 - the caller gets the error
+                    result.set_exception(exc)
+                    return
+                result.set_result((grounded, finished.mean_rows))
+
+            row.add_done_callback(complete)
             results.append(result)
         return results
+
+    def _result(
+        self, request: GroundingRequest, prepared: PreparedBatch, row: int, input_wh: tuple[int, int],
+        token_ids: list[int], logprobs: list[float], limit: int, latency_ms: float,
+    ) -> GroundingResult:  # fmt: skip
+        """One answer's ids as a result in original-image pixels."""
+        ids = self._answer_ids(token_ids, limit)
+        prefixes = self._decoded_prefixes(ids)
+        result = build_result(
+            text=prefixes[-1] if prefixes else "",
+            family=self.family,
+            image_wh=prepared.image_whs[row],
+            input_wh=input_wh,
+            phrases=request.phrases,
+            model=self.info.model,
+            latency_ms=latency_ms,
+            token_prefixes=prefixes,
+            token_logprobs=logprobs[: len(ids)],
+        )
+        if prepared.image_whs[row] != request.image.size:
+            result = crop_result(result, request.image.size)
+        return result
 
     def _prepare(self, requests: Sequence[GroundingRequest], images: list[Image.Image]):
         texts = []
@@ -276,8 +360,8 @@ class TransformersEngine:
         """The size each image was really resized to: its patch grid times the patch size."""
         return [(int(w) * self._patch_size, int(h) * self._patch_size) for _, h, w in grid_thw.tolist()]
 
-    def _answer_ids(self, row: torch.Tensor, limit: int) -> list[int]:
-        ids = row.tolist()[:limit]
+    def _answer_ids(self, token_ids: list[int], limit: int) -> list[int]:
+        ids = token_ids[:limit]
         for i, token in enumerate(ids):
             if token in self._stop_ids:
                 return ids[:i]

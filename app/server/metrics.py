@@ -45,7 +45,11 @@ class Metrics:
         )
         self.queue_depth_gauge = Gauge("chord_queue_depth", "Requests waiting for the model.", registry=self.registry)
         self.batch_size = Histogram(
-            "chord_batch_size", "Requests per batched generation.", buckets=BATCH_BUCKETS, registry=self.registry
+            "chord_batch_size",
+            "Requests per batched generation (with continuous batching: requests that joined"
+            " the running batch together).",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
         )
         self.queue_seconds = Histogram(
             "chord_queue_seconds", "Time a request waited before its batch was formed.",
@@ -54,6 +58,10 @@ class Metrics:
         self.model_seconds = Histogram(
             "chord_model_seconds", "Time one batch spent in the model.", buckets=LATENCY_BUCKETS, registry=self.registry
         )
+        self.decode_rows = Histogram(
+            "chord_decode_rows", "With continuous batching, per request: rows decoded alongside it, averaged over"
+            " its decoding steps.", buckets=BATCH_BUCKETS, registry=self.registry,
+        )  # fmt: skip
         self._gpu_memory: Gauge | None = None
 
     # BatchObserver, called by the scheduler's threads.
@@ -62,6 +70,9 @@ class Metrics:
         for waited in queue_seconds:
             self.queue_seconds.observe(waited)
         self.model_seconds.observe(model_seconds)
+
+    def rows_decoding(self, mean_rows: float) -> None:
+        self.decode_rows.observe(mean_rows)
 
     def queue_depth(self, depth: int) -> None:
         self.queue_depth_gauge.set(depth)

@@ -122,6 +122,7 @@ class GroundingService:
             engine,
             max_batch_size=self.settings.max_batch_size,
             max_batch_wait_ms=self.settings.max_batch_wait_ms,
+            continuous=self.settings.continuous_batching,
             max_queue=self.settings.max_queue,
             request_timeout_s=self.settings.request_timeout_s,
             observer=self.metrics,
