@@ -37,6 +37,9 @@ from app.result import GroundingResult
 logger = logging.getLogger(__name__)
 
 
+CONTINUOUS_CHUNK = 4  # requests prepared together when batching continuously (see docs/benchmarks.md)
+
+
 class QueueFull(ChordError):
     status = 503
     code = "busy"
@@ -117,6 +120,9 @@ class BatchScheduler:
         self._prepares = getattr(engine, "prepare", None) is not None
         self.continuous = continuous and self._prepares and max_batch_size > 1 and getattr(engine, "continuous", False)
         self._in_flight = 0  # rows decoding (continuous batching)
+        # Continuous batching prepares in small chunks: the first requests of a burst join the
+        # running batch while the rest are still being prepared.
+        self._chunk_size = min(max_batch_size, CONTINUOUS_CHUNK) if self.continuous else max_batch_size
         self._waiting: queue.Queue[_Job] = queue.Queue()
         self._ready: deque[_Chunk] = deque()  # prepared, not yet in the model
         self._ready_changed = threading.Condition()
@@ -209,7 +215,7 @@ class BatchScheduler:
         with self._ready_changed:
             self._preparing = True
         jobs = [first]
-        while len(jobs) < self.max_batch_size:
+        while len(jobs) < self._chunk_size:
             try:
                 jobs.append(self._waiting.get_nowait())
             except queue.Empty:

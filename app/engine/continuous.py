@@ -88,6 +88,12 @@ class ContinuousDecoder:
         self.stop_ids = stop_ids
         self.pad_id = pad_id
         self.processors = greedy_processors(model)
+        # With sdpa, a decoding step's mask is the padding mask itself (one query attends to every
+        # real token): passed ready-made, transformers does not rebuild it from scratch each step.
+        text_config = getattr(model.config, "text_config", model.config)
+        self._ready_mask = text_config._attn_implementation == "sdpa" and set(text_config.layer_types) == {
+            "full_attention"
+        }
         self._reset()
 
     @property
@@ -118,9 +124,10 @@ class ContinuousDecoder:
             return []
         with torch.inference_mode():
             self._mask = torch.nn.functional.pad(self._mask, (0, 1), value=1)
+            mask = {"full_attention": self._mask.bool()[:, None, None, :]} if self._ready_mask else self._mask
             output = self.model(
                 input_ids=self._next[:, None],
-                attention_mask=self._mask,
+                attention_mask=mask,
                 position_ids=self._positions[:, None],
                 past_key_values=self._cache,
                 use_cache=True,
