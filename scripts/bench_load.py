@@ -7,10 +7,13 @@ With ``--model`` it starts the server twice on free local ports (MAX_BATCH_SIZE 
 MAX_BATCH_SIZE=1: the naive one-at-a-time server), applies the same load to each and prints
 req/s, p50/p95/p99 latency, errors by type, the server's own overhead over the engine's time
 (sequential requests: client latency minus the result's latency_ms) and the throughput ratio.
-Each row also says how the server spent the load: the mean batch (from ``/metrics``) and, for
-servers it started, the CPU time per request of the server process and of its children (the model
-process when ``MODEL_PROCESS`` is on). With ``--url`` it measures one running server. Writes
-everything to ``--out`` as JSON.
+Each row also says how the server spent the load: the mean batch and, with continuous batching,
+the mean number of rows decoded together (both from ``/metrics``); for servers it started, the
+CPU time per request of the server process and of its children (the model process when
+``MODEL_PROCESS`` is on), and the load generator's own. The clients send request bodies encoded
+once up front (multipart form: the PNG and the prompt), so on a machine shared with the server
+the load generator takes as little of its CPU as it can. With ``--url`` it measures one running
+server. Writes everything to ``--out`` as JSON.
 Only loopback addresses are used; every loop is bounded in count and time.
 """
 
@@ -63,14 +66,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-async def one_request(
-    client: httpx.AsyncClient, url: str, image: bytes, phrase: str
-) -> tuple[float, float | None, str]:
+def encode_bodies(images: list[bytes]) -> list[tuple[bytes, str]]:
+    """``POST /api/ground`` bodies (multipart: an image and a phrase) and their content types, encoded once."""
+    bodies = []
+    for n in range(len(images) * len(PHRASES)):
+        files = {"image": ("scene.png", images[n % len(images)], "image/png")}
+        request = httpx.Request(
+            "POST", "http://chord/api/ground", files=files, data={"prompt": PHRASES[n % len(PHRASES)]}
+        )
+        bodies.append((request.read(), request.headers["content-type"]))
+    return bodies
+
+
+async def one_request(client: httpx.AsyncClient, url: str, body: tuple[bytes, str]) -> tuple[float, float | None, str]:
     started = time.perf_counter()
     try:
-        response = await client.post(
-            f"{url}/api/ground", files={"image": ("scene.png", image, "image/png")}, data={"prompt": phrase}
-        )
+        response = await client.post(f"{url}/api/ground", content=body[0], headers={"content-type": body[1]})
     except httpx.HTTPError as exc:
         return (time.perf_counter() - started) * 1000, None, type(exc).__name__
     elapsed = (time.perf_counter() - started) * 1000
@@ -83,7 +94,7 @@ async def one_request(
     return elapsed, float(response.json()["latency_ms"]), "ok"
 
 
-async def run_load(url: str, clients: int, requests: int, duration: float, images: list[bytes]) -> dict:
+async def run_load(url: str, clients: int, requests: int, duration: float, bodies: list[tuple[bytes, str]]) -> dict:
     """``clients`` concurrent clients, each sending back-to-back, until ``requests`` or ``duration``."""
     latencies: list[float] = []
     outcomes: Counter[str] = Counter()
@@ -96,15 +107,15 @@ async def run_load(url: str, clients: int, requests: int, duration: float, image
         while sent < requests and time.monotonic() < deadline:
             n = sent
             sent += 1
-            elapsed, _, outcome = await one_request(client, url, images[n % len(images)], PHRASES[n % len(PHRASES)])
+            elapsed, _, outcome = await one_request(client, url, bodies[n % len(bodies)])
             outcomes[outcome] += 1
             if outcome == "ok":
                 latencies.append(elapsed)
 
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client_loop(client, i) for i in range(clients)))
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     ok = outcomes.get("ok", 0)
     return {
         "clients": clients,
@@ -116,29 +127,39 @@ async def run_load(url: str, clients: int, requests: int, duration: float, image
         "p50_ms": round(percentile(latencies, 50), 1),
         "p95_ms": round(percentile(latencies, 95), 1),
         "p99_ms": round(percentile(latencies, 99), 1),
+        "client_cpu_ms_per_request": round(cpu * 1000 / ok, 2) if ok else None,
     }
 
 
-async def measure_overhead(url: str, count: int, images: list[bytes]) -> dict:
+async def measure_overhead(url: str, count: int, bodies: list[tuple[bytes, str]]) -> dict:
     """Sequential requests: how much the HTTP + server plumbing adds over the engine's own time."""
     overheads = []
     async with httpx.AsyncClient(timeout=300) as client:
         for n in range(count):
-            elapsed, engine_ms, outcome = await one_request(client, url, images[n % len(images)], PHRASES[0])
+            elapsed, engine_ms, outcome = await one_request(client, url, bodies[(n * len(PHRASES)) % len(bodies)])
             if outcome == "ok" and engine_ms is not None:
                 overheads.append(elapsed - engine_ms)
     return {"requests": len(overheads), "p50_ms": round(percentile(overheads, 50), 1)}
 
 
-def batch_totals(url: str) -> tuple[float, float]:
-    """(requests, batches) the server has run so far, from its ``chord_batch_size`` histogram."""
+BATCH_TOTALS = ("chord_batch_size_sum", "chord_batch_size_count", "chord_decode_rows_sum", "chord_decode_rows_count")
+
+
+def batch_totals(url: str) -> dict[str, float]:
+    """The server's batch-size and rows-decoding histogram totals so far, from ``/metrics``."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    totals = {"chord_batch_size_sum": 0.0, "chord_batch_size_count": 0.0}
+    totals = dict.fromkeys(BATCH_TOTALS, 0.0)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in totals:
                 totals[sample.name] = sample.value
-    return totals["chord_batch_size_sum"], totals["chord_batch_size_count"]
+    return totals
+
+
+def mean_between(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
+    """Mean of histogram ``name`` over the observations made between two ``batch_totals``."""
+    count = after[f"{name}_count"] - before[f"{name}_count"]
+    return round((after[f"{name}_sum"] - before[f"{name}_sum"]) / count, 2) if count else None
 
 
 def free_port() -> int:
@@ -194,19 +215,19 @@ class Server:
         self.log.close()
 
 
-def bench_one(url: str, args, images: list[bytes], server: Server | None = None) -> dict:
-    asyncio.run(run_load(url, min(args.clients, 4), min(8, args.requests), args.duration, images))  # warm-up
-    requests_before, batches_before = batch_totals(url)
+def bench_one(url: str, args, bodies: list[tuple[bytes, str]], server: Server | None = None) -> dict:
+    asyncio.run(run_load(url, min(args.clients, 4), min(8, args.requests), args.duration, bodies))  # warm-up
+    before = batch_totals(url)
     cpu_before = server.cpu_seconds() if server else None
-    load = asyncio.run(run_load(url, args.clients, args.requests, args.duration, images))
-    requests_after, batches_after = batch_totals(url)
-    batches = batches_after - batches_before
-    load["mean_batch"] = round((requests_after - requests_before) / batches, 2) if batches else None
+    load = asyncio.run(run_load(url, args.clients, args.requests, args.duration, bodies))
+    after = batch_totals(url)
+    load["mean_batch"] = mean_between(before, after, "chord_batch_size")
+    load["mean_rows_decoding"] = mean_between(before, after, "chord_decode_rows")
     if server and load["ok"]:
         cpu_after = server.cpu_seconds()
         load["server_cpu_ms_per_request"] = round((cpu_after[0] - cpu_before[0]) * 1000 / load["ok"], 2)
         load["children_cpu_ms_per_request"] = round((cpu_after[1] - cpu_before[1]) * 1000 / load["ok"], 2)
-    return {"load": load, "overhead": asyncio.run(measure_overhead(url, args.overhead_requests, images))}
+    return {"load": load, "overhead": asyncio.run(measure_overhead(url, args.overhead_requests, bodies))}
 
 
 def print_row(name: str, result: dict) -> None:
@@ -217,10 +238,13 @@ def print_row(name: str, result: dict) -> None:
         f"  overhead p50 {overhead['p50_ms']:.1f} ms"
     )
     spent = f"{'':<10} mean batch {load['mean_batch']}"
+    if load.get("mean_rows_decoding"):
+        spent += f" (continuous: {load['mean_rows_decoding']} rows decoding together)"
     if "server_cpu_ms_per_request" in load:
         spent += (
             f"  CPU per request: server process {load['server_cpu_ms_per_request']:.1f} ms,"
-            f" its children (the model process) {load['children_cpu_ms_per_request']:.1f} ms"
+            f" its children (the model process) {load['children_cpu_ms_per_request']:.1f} ms,"
+            f" the load generator {load['client_cpu_ms_per_request']:.1f} ms"
         )
     print(spent)
 
@@ -234,14 +258,19 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=160, help="requests per phase")
     parser.add_argument("--duration", type=float, default=120, help="seconds per phase, at most")
     parser.add_argument("--overhead-requests", type=int, default=20)
-    parser.add_argument("--batch-size", default="16", help="MAX_BATCH_SIZE of the batched server")
+    parser.add_argument(
+        "--batch-size",
+        default="12",
+        help="MAX_BATCH_SIZE of the batched server (12: below the 16 clients, so a queue keeps the running"
+        " batch full; the sweep is in docs/benchmarks.md)",
+    )
     parser.add_argument("--server-env", action="append", default=[], help="extra KEY=VALUE for both servers")
     parser.add_argument("--out", default="bench_load.json")
     args = parser.parse_args()
-    images = make_images(32)
+    bodies = encode_bodies(make_images(32))
     report: dict = {"clients": args.clients, "requests": args.requests, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if args.url:
-        report["server"] = bench_one(args.url.rstrip("/"), args, images)
+        report["server"] = bench_one(args.url.rstrip("/"), args, bodies)
         print_row("server", report["server"])
     else:
         extra = dict(item.split("=", 1) for item in args.server_env)
@@ -249,7 +278,7 @@ def main() -> int:
             server = Server(args.model, {**extra, "MAX_BATCH_SIZE": batch_size, "MAX_QUEUE": "1024"})
             try:
                 server.wait_ready()
-                report[name] = bench_one(server.url, args, images, server)
+                report[name] = bench_one(server.url, args, bodies, server)
             finally:
                 server.stop()
             print_row(name, report[name])

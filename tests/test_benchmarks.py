@@ -62,7 +62,10 @@ def test_bench_load_measures_a_batched_and_a_naive_server(tiny_checkpoint, tmp_p
         assert load["p50_ms"] <= load["p99_ms"]
         assert load["children_cpu_ms_per_request"] > 0  # the model generated in its own process
     assert naive["mean_batch"] == 1.0  # MAX_BATCH_SIZE=1: one request per generation
+    assert naive["mean_rows_decoding"] is None  # ... and no continuous batching
     assert batched["mean_batch"] >= 1.0
+    assert batched["mean_rows_decoding"] >= 1.0  # the batched server decoded continuously
+    assert batched["client_cpu_ms_per_request"] > 0
     assert report["throughput_ratio"] == round(batched["req_per_s"] / naive["req_per_s"], 2)
     assert "throughput ratio batched/naive" in run.stdout and "mean batch" in run.stdout
 

@@ -56,8 +56,9 @@ class Metrics:
             buckets=QUEUE_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.model_seconds = Histogram(
-            "chord_model_seconds", "Time one batch spent in the model.", buckets=LATENCY_BUCKETS, registry=self.registry
-        )
+            "chord_model_seconds", "Time one batch spent in the model (with continuous batching: from joining the"
+            " running batch until its last request was done).", buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
         self.decode_rows = Histogram(
             "chord_decode_rows", "With continuous batching, per request: rows decoded alongside it, averaged over"
             " its decoding steps.", buckets=BATCH_BUCKETS, registry=self.registry,
