@@ -90,3 +90,46 @@ def test_a_failed_step_fails_the_decoding_rows_and_the_loop_goes_on(tiny_engine,
     run_decode_loop(decoder, lambda block: arrivals.pop(0), lambda group: None, outcomes.__setitem__)
     assert isinstance(outcomes["a"], Exception) and outcomes["a"].code == "out_of_memory"
     assert decoder.size == 0
+
+
+def test_an_unverified_model_type_falls_back_to_one_generate_per_batch(tiny_engine, monkeypatch):
+    from app.engine import continuous
+    from app.scheduler import BatchScheduler
+
+    monkeypatch.setattr(continuous, "VERIFIED_MODEL_TYPES", frozenset({"qwen2_vl"}))
+    reason = unsupported_reason(tiny_engine.runner.model)
+    assert "qwen2_5_vl" in reason
+    monkeypatch.setattr(tiny_engine.runner, "continuous_unsupported", reason)
+    scheduler = BatchScheduler(tiny_engine, max_batch_size=8)
+    try:
+        assert not scheduler.continuous
+        assert scheduler.ground(scene(0)).text == tiny_engine.ground([scene(0)])[0].text
+    finally:
+        scheduler.stop()
+
+
+@pytest.fixture(scope="module")
+def demo_engine():
+    from app.engine.transformers_engine import TransformersEngine
+    from app.settings import DEMO_MODEL_DIR, load_settings
+
+    return TransformersEngine.load(load_settings(model_path=str(DEMO_MODEL_DIR), device="cpu", max_new_tokens=64))
+
+
+def test_rows_that_end_at_eos_leave_early_with_generates_tokens(demo_engine):
+    """The bundled demo model answers its scenes and stops: the stop path, against ``generate``."""
+    from app.demo.evaluation import fresh_cases
+
+    requests = [GroundingRequest(case.image, (case.phrase,)) for case in fresh_cases(6)]
+    decoder = decoder_for(demo_engine)
+    done = {}
+    for i, request in enumerate(requests):  # one joins every two steps
+        done.update((row.key, row) for row in decoder.admit(dict(demo_engine.prepare([request]).inputs), [i], [64]))
+        for _ in range(2):
+            done.update((row.key, row) for row in decoder.step())
+    while decoder.size:
+        done.update((row.key, row) for row in decoder.step())
+    for i, request in enumerate(requests):
+        assert done[i].token_ids == alone(demo_engine, request, 64)[0], f"scene {i}"
+    assert all(done[i].token_ids[-1] in demo_engine._stop_ids for i in done), "every answer ended at EOS"
+    assert all(len(row.token_ids) < 64 for row in done.values())

@@ -29,6 +29,8 @@ from transformers import GenerationConfig, LogitsProcessorList
 from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
+# Model types whose decoding the tests compare with ``generate`` (tests/test_continuous.py).
+VERIFIED_MODEL_TYPES = frozenset({"qwen2_5_vl"})
 # Logits processors that treat every row alike whatever its length, so rows may join at any step.
 _ROW_INDEPENDENT = (RepetitionPenaltyLogitsProcessor,)
 
@@ -67,6 +69,8 @@ def greedy_processors(model) -> LogitsProcessorList:
 
 def unsupported_reason(model) -> str | None:
     """Why ``model`` cannot be decoded continuously (None when it can)."""
+    if model.config.model_type not in VERIFIED_MODEL_TYPES:
+        return f"continuous batching is verified for {sorted(VERIFIED_MODEL_TYPES)}, not {model.config.model_type}"
     if not hasattr(getattr(model, "model", None), "rope_deltas"):
         return f"{type(model).__name__} has no multimodal rope deltas"
     text_config = getattr(model.config, "text_config", model.config)
@@ -74,7 +78,11 @@ def unsupported_reason(model) -> str | None:
         return "sliding-window attention keeps a cache that cannot be left-padded"
     if not isinstance(model.generation_config, GenerationConfig):
         return "no generation config"
-    others = [type(p).__name__ for p in greedy_processors(model) if not isinstance(p, _ROW_INDEPENDENT)]
+    try:
+        processors = greedy_processors(model)
+    except (AttributeError, TypeError, ValueError) as exc:  # a private transformers API: say so, fall back
+        return f"transformers' greedy logits processors could not be built here ({type(exc).__name__}: {exc})"
+    others = [type(p).__name__ for p in processors if not isinstance(p, _ROW_INDEPENDENT)]
     if others:
         return f"the generation config asks for logits processors that depend on each row's length: {others}"
     return None
@@ -108,10 +116,14 @@ class ContinuousDecoder:
         device = self.model.device
         inputs = {name: value.to(device) for name, value in inputs.items()}
         with torch.inference_mode():
+            self.model.model.rope_deltas = None  # set by this prefill
             output = self.model(**inputs, use_cache=True, logits_to_keep=1)
+            # Without images the model keeps no deltas; generate then uses zeros, and so does this.
+            deltas = self.model.model.rope_deltas
+            deltas = torch.zeros(len(keys), dtype=torch.long) if deltas is None else deltas.view(-1)
             # Copies: the inputs may be views of a buffer the sender reuses once this returns.
             mask, input_ids = inputs["attention_mask"].clone(), inputs["input_ids"].clone()
-            positions = mask.sum(dim=1) + self.model.model.rope_deltas.view(-1).to(device)
+            positions = mask.sum(dim=1) + deltas.to(device)
             tokens, logprobs = self._pick(output.logits[:, -1, :], input_ids)
             first = len(self._rows)
             rows = [_Row(key, limit) for key, limit in zip(keys, limits, strict=True)]

@@ -136,7 +136,12 @@ class LocalModel:
                     groups.append(self._groups.get_nowait())
                 except queue.Empty:
                     break
-            return None if None in groups else groups
+            if None not in groups:
+                return groups
+            for group in groups:  # arrived with the stop: answered, not dropped
+                for future in group.keys if group is not None else []:
+                    future.set_exception(RuntimeError("the model runner stopped before this request ran"))
+            return None
 
         def finished(future: Future, outcome) -> None:
             if isinstance(outcome, Exception):
