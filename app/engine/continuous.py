@@ -99,9 +99,8 @@ class ContinuousDecoder:
         # With sdpa, a decoding step's mask is the padding mask itself (one query attends to every
         # real token): passed ready-made, transformers does not rebuild it from scratch each step.
         text_config = getattr(model.config, "text_config", model.config)
-        self._ready_mask = text_config._attn_implementation == "sdpa" and set(text_config.layer_types) == {
-            "full_attention"
-        }
+        layer_types = set(getattr(text_config, "layer_types", None) or ())
+        self._ready_mask = text_config._attn_implementation == "sdpa" and layer_types == {"full_attention"}
         self._reset()
 
     @property
@@ -196,7 +195,9 @@ class ContinuousDecoder:
             return finished
         index = torch.tensor(keep, device=self._mask.device)
         self._rows = [self._rows[i] for i in keep]
-        self._cache.batch_select_indices(index)
+        for layer in self._cache.layers:  # each on its own device when the model is split over GPUs
+            on_device = index.to(layer.keys.device)
+            layer.keys, layer.values = layer.keys[on_device], layer.values[on_device]
         self._mask = self._mask[index]
         self._sequences = self._sequences[index]
         self._positions = self._positions[index]
