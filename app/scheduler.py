@@ -75,7 +75,7 @@ class _Job:
     future: Future
     enqueued: float = field(default_factory=time.monotonic)
     deadline: float = 0.0
-    retried: bool = False  # run again alone after its batch failed
+    retried: bool = False  # run again once after failing together with others (continuous batching)
 
 
 @dataclass
@@ -83,7 +83,6 @@ class _Admitted:
     """Requests that joined the running batch together, until the last of them is done."""
 
     jobs: list[_Job]
-    collected_at: float
     started: float
     remaining: int
 
@@ -329,7 +328,7 @@ class BatchScheduler:
     def _admit(self, chunks: list[_Chunk]) -> None:
         """Continuous batching: these requests join the running batch; each finishes on its own."""
         batch = [job for chunk in chunks for job in chunk.jobs]
-        admitted = _Admitted(batch, time.monotonic(), time.monotonic(), len(batch))
+        admitted = _Admitted(batch, time.monotonic(), len(batch))
         with self._ready_changed:
             self._in_flight += len(batch)
         try:
@@ -370,7 +369,7 @@ class BatchScheduler:
                 self._idle_since = time.monotonic()
             self._ready_changed.notify_all()
         if admitted.remaining == 0 and self._observer is not None:
-            queue_seconds = [admitted.collected_at - j.enqueued for j in admitted.jobs]
+            queue_seconds = [admitted.started - j.enqueued for j in admitted.jobs]
             self._observer.batch_done(len(admitted.jobs), queue_seconds, time.monotonic() - admitted.started)
 
     def _retry_alone(self, job: _Job) -> None:

@@ -108,16 +108,20 @@ class LocalModel:
         self.continuous_unsupported = unsupported_reason(model)
         self._groups: queue.Queue[Group | None] | None = None
         self._decoding: threading.Thread | None = None
+        self._starting = threading.Lock()
 
     def start_ids(
         self, inputs: dict[str, torch.Tensor], limits: Sequence[int], pad_id: int, stop_ids: set[int]
     ) -> list[Future]:
         """Add these prompts to the running batch; a future per row, of ``FinishedRow``."""
-        if self._decoding is None:
-            self._groups = queue.Queue()
-            decoder = ContinuousDecoder(self.model, stop_ids, pad_id)
-            self._decoding = threading.Thread(target=self._decode, args=(decoder,), name="chord-decode", daemon=True)
-            self._decoding.start()
+        with self._starting:
+            if self._decoding is None:
+                self._groups = queue.Queue()
+                decoder = ContinuousDecoder(self.model, stop_ids, pad_id)
+                self._decoding = threading.Thread(
+                    target=self._decode, args=(decoder,), name="chord-decode", daemon=True
+                )
+                self._decoding.start()
         futures = [Future() for _ in limits]
         self._groups.put(Group(inputs, futures, list(limits)))
         return futures
