@@ -236,7 +236,7 @@ class ModelProcess:
 def _child_main(connection, settings: Settings) -> None:
     """The child: load the model, say so, then serve ``generate`` and ``admit`` messages until told to stop."""
     from app.engine.continuous import ContinuousDecoder
-    from app.engine.decode_loop import Group, run_decode_loop
+    from app.engine.decode_loop import Group, model_error, run_decode_loop
     from app.engine.runtime import cuda_memory_allocated
     from app.engine.transformers_engine import LocalModel
     from app.logs import configure_logging
@@ -259,14 +259,11 @@ def _child_main(connection, settings: Settings) -> None:
         connection.send(("done", key, not isinstance(outcome, Exception), outcome))
 
     def generate(layout, max_new_tokens: int, key) -> None:
+        inputs = shared.read(layout)
         try:
-            inputs = shared.read(layout)
             outcome = runner.generate_ids(inputs, max_new_tokens)
-        except ChordError as exc:
-            outcome = exc
         except Exception as exc:  # noqa: BLE001 - the batch fails; the scheduler retries its requests alone
-            logger.exception("generation failed in the model process")
-            outcome = RuntimeError(f"{type(exc).__name__}: {exc}")
+            outcome = model_error(exc, inputs["input_ids"].shape[0])
         connection.send(("read", cuda_memory_allocated()))
         finished(key, outcome)
 
@@ -293,10 +290,9 @@ def _child_main(connection, settings: Settings) -> None:
     def admitted(group: Group) -> None:
         connection.send(("read", cuda_memory_allocated()))
 
-    if decoder is None:
-        while (groups := receive(True)) is not None:
-            for group in groups:  # "admit" is never sent when continuous batching is unsupported
-                admitted(group)
+    if decoder is None:  # continuous batching unsupported: the parent sends "generate" only
+        while receive(True) is not None:
+            pass
         return
     run_decode_loop(decoder, receive, admitted, finished)
 
