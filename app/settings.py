@@ -90,6 +90,21 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         100_000_000, ge=1, le=170_000_000, description="Largest image (w*h) decoded; larger gets 413 before decoding."
     )
+    max_request_pixels: int = Field(
+        400_000_000,
+        ge=1,
+        description="Most decoded pixels one request may bring (batch items and video frames summed); more gets 413.",
+    )
+    decode_budget_pixels: int = Field(
+        200_000_000,
+        ge=1_000_000,
+        description="Decoded pixels in flight across all requests (about 4 bytes each); past it requests wait.",
+    )
+    max_request_bytes: int = Field(
+        100_000_000,
+        ge=1,
+        description="Largest request body (batch, video, Gradio upload), refused while it arrives; larger gets 413.",
+    )
     max_image_side: int = Field(
         4096, ge=64, description="Longer sides are downscaled for the model; boxes map back to the original."
     )
@@ -147,6 +162,11 @@ class Settings(BaseSettings):
     def _check_pixel_range(self) -> Settings:
         if self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels ({self.min_pixels}) must not exceed max_pixels ({self.max_pixels})")
+        if self.decode_budget_pixels < self.max_image_pixels:
+            raise ValueError(
+                f"decode_budget_pixels ({self.decode_budget_pixels}) must be at least max_image_pixels "
+                f"({self.max_image_pixels}): an image the server accepts must be able to decode"
+            )
         return self
 
     @classmethod

@@ -18,17 +18,22 @@ from app.demo.examples import write_demo_examples
 from app.drawing import draw_result
 from app.errors import ChordError
 from app.fonts import label_font
+from app.options import GroundingOptions
 from app.result import GroundingResult
+from app.server.client_files import read_cached_upload
 from app.server.errors import MissingImage
 from app.server.records import RequestRecord
 from app.server.service import GroundingService
+from app.tiling import rescale_result
 from app.ui_media import SCHEDULER_DECIDES, build_batch_tab, build_video_tab
+from app.uploads import FittedImage, UploadLimits, decode_upload
 
 logger = logging.getLogger(__name__)
 
 UI_ENDPOINT = "gradio:/ground"
 HISTORY_SIZE = 8
 THUMBNAIL_WH = (320, 320)
+DRAWING_MAX_SIDE = 4096  # a larger upload is drawn on a copy this size (its boxes scaled to it)
 EXAMPLES = [
     ["the person"],
     ["the red car; the dog"],
@@ -66,16 +71,14 @@ class ChordUI:
             phrases = self.service.phrases(phrase, record)
             if image is None:
                 raise MissingImage("Add an image first: drop it in, paste it or click to upload.")
-            # A path from Gradio's own upload cache (Gradio refuses client paths outside it).
-            decoded = await self.service.decode(await anyio.Path(image).read_bytes())
-            result = await self.service.ground(
-                decoded,
-                phrases,
-                record,
-                max_new_tokens=int(max_new_tokens) if max_new_tokens else None,
-                score_threshold=float(score_threshold or 0.0),
-                prompt_template=prompt_template,
+            options = GroundingOptions(
+                int(max_new_tokens) if max_new_tokens else None,
+                float(score_threshold or 0.0),
+                self.service.template(prompt_template),
             )
+            data = await read_cached_upload(image, self.service.settings.max_upload_bytes)
+            result = await self.service.ground_upload(data, phrases, record, options)
+            decoded = await anyio.to_thread.run_sync(open_for_drawing, data, self.service.upload_limits)
             annotated = await anyio.to_thread.run_sync(_annotate, decoded, result)
         except ChordError as exc:
             record.finish(metrics, exc.status, exc.code)
@@ -120,7 +123,15 @@ def _escape_markdown(text: str) -> str:
     return "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in text)
 
 
-def _annotate(image: Image.Image, result: GroundingResult) -> Image.Image:
+def open_for_drawing(data: bytes, limits: UploadLimits) -> FittedImage:
+    """The upload decoded again to draw on (no larger than DRAWING_MAX_SIDE)."""
+    return decode_upload(data, limits, DRAWING_MAX_SIDE)
+
+
+def _annotate(picture: FittedImage, result: GroundingResult) -> Image.Image:
+    image = picture.image
+    if image.size != picture.original_wh:
+        result = rescale_result(result, image.size)
     font = label_font(max(12, min(image.size) // 30))
     return draw_result(image, result.boxes, result.labels, result.scores, result.points, result.point_labels, font)
 

@@ -19,6 +19,7 @@ from app.batch.video import AnnotatedVideo
 from app.drawing import draw_result
 from app.errors import ChordError, InvalidImage, InvalidRequest
 from app.fonts import label_font
+from app.options import GroundingOptions
 from app.server.errors import MissingImage, as_chord_error
 from app.server.records import RequestRecord
 from app.server.routes_video import ground_clip
@@ -56,7 +57,7 @@ class MediaUI:
             limits = UploadLimits(self.service.settings.max_upload_bytes, self.service.settings.max_image_pixels)
             decoded = await anyio.to_thread.run_sync(_decode_all, named, limits)
             readable = [image for _, image in decoded if not isinstance(image, ChordError)]
-            outcomes = iter(await self.service.ground_many(readable, phrases))
+            outcomes = iter(await self.service.ground_many(readable, phrases, GroundingOptions()))
             records, gallery = [], []
             for name, image in decoded:
                 outcome = image if isinstance(image, ChordError) else next(outcomes)
@@ -120,7 +121,7 @@ def _decode_all(named: list[tuple[str, bytes]], limits: UploadLimits) -> list[tu
     decoded: list[tuple[str, Image.Image | ChordError]] = []
     for name, data in named:
         try:
-            decoded.append((name, decode_upload(data, limits)))
+            decoded.append((name, decode_upload(data, limits).image))
         except ChordError as exc:
             decoded.append((name, exc))
     return decoded

@@ -13,10 +13,11 @@ import unicodedata
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from app.errors import ChordError, InvalidImage, InvalidRequest
 from app.images import to_model_rgb
+from app.tiling import downscaled_wh
 
 ACCEPTED_FORMATS = {
     "JPEG": "JPEG",
@@ -38,7 +39,25 @@ _KNOWN_OTHERS = (
     (re.compile(rb"^....ftyp", re.DOTALL), "a video or MP4-family file, not an image"),
     (re.compile(rb"^<svg|^<\?xml", re.IGNORECASE), "an SVG/XML file: export it as PNG"),
 )
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_AXES = {
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
+}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Qwen's special tokens (<|image_pad|>, <|vision_start|>, <|im_end|>, ...): as text they would forge
+# the chat template or the image placeholders.
+_MODEL_CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,64}\|>")
 
 
 class UnsupportedMediaType(ChordError):
@@ -66,8 +85,17 @@ class UploadLimits:
     max_pixels: int
 
 
-def decode_upload(data: bytes, limits: UploadLimits) -> Image.Image:
-    """The upright RGB first frame of an uploaded image, or a ChordError saying what is wrong."""
+@dataclass(frozen=True)
+class FittedImage:
+    """An upload decoded for the model: upright RGB ``image``, no larger than it was fitted to, and the
+    upright size of the image as it was sent (boxes are mapped back to that)."""
+
+    image: Image.Image
+    original_wh: tuple[int, int]
+
+
+def read_header(data: bytes, limits: UploadLimits) -> Image.Image:
+    """The upload opened lazily (header only, no pixel decoded) once every cap and format check passed."""
     if len(data) > limits.max_bytes:
         raise PayloadTooLarge(
             f"the upload is {len(data) / 1e6:.1f} MB; the limit is {limits.max_bytes / 1e6:.1f} MB (MAX_UPLOAD_BYTES)"
@@ -98,17 +126,86 @@ def decode_upload(data: bytes, limits: UploadLimits) -> Image.Image:
             f"the image is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is "
             f"{limits.max_pixels / 1e6:.0f} megapixels (MAX_IMAGE_PIXELS)"
         )
+    return image
+
+
+def decode_upload(data: bytes, limits: UploadLimits, max_side: int | None = None) -> FittedImage:
+    """The upright RGB first frame of an upload, decoded straight to a longer side of at most ``max_side``.
+
+    JPEG decodes at a reduced scale (``draft``) and WebP through FFmpeg's scaler where they can,
+    so a huge image never exists at full size in memory; every other format is decoded whole and
+    shrunk at once. ``max_side=None`` keeps every pixel (tiling needs them).
+    """
+    image = read_header(data, limits)
     try:
-        image.seek(0)  # GIF, TIFF, MPO: the first frame
-        image.load()
-        return to_model_rgb(image)
+        transpose = _TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except (OSError, ValueError, SyntaxError):
+        transpose = None
+    swapped = transpose in _SWAPS_AXES
+    upright_wh = image.size[::-1] if swapped else image.size
+    target_wh = downscaled_wh(upright_wh, max_side) if max_side else None
+    try:
+        decoded = _decode_reduced(data, image, target_wh[::-1] if target_wh and swapped else target_wh)
+        if decoded is None:
+            image.seek(0)  # GIF, TIFF, MPO: the first frame
+            image.load()
+            decoded = to_model_rgb(image)
+        elif transpose is not None:
+            decoded = decoded.transpose(transpose)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidImage(f"could not decode image: {exc}") from None
+    if target_wh is not None and decoded.size != target_wh:
+        decoded = decoded.resize(target_wh, Image.Resampling.BICUBIC)
+    return FittedImage(decoded, upright_wh)
 
 
-def clean_prompt(text: str | None, max_chars: int) -> str:
-    """Control characters removed (newlines kept: they separate phrases), Unicode kept, length capped."""
+def _decode_reduced(data: bytes, image: Image.Image, stored_target_wh: tuple[int, int] | None) -> Image.Image | None:
+    """The image decoded near ``stored_target_wh`` (before EXIF rotation) where the format allows; None
+    where it must be decoded whole. A JPEG is left drafted for the caller's whole decode."""
+    if stored_target_wh is None:
+        return None
+    if image.format in ("JPEG", "MPO"):
+        image.draft("RGB", stored_target_wh)  # scale 1/2, 1/4 or 1/8, never below the target
+        return None
+    if image.format == "WEBP" and not getattr(image, "is_animated", False):
+        return decode_webp_scaled(data, stored_target_wh)
+    return None
+
+
+def decode_webp_scaled(data: bytes, target_wh: tuple[int, int]) -> Image.Image | None:
+    """A still WebP decoded by FFmpeg (YUV, 1.5 bytes a pixel) and scaled to ``target_wh`` on the way to
+    RGB; None when FFmpeg cannot decode it (Pillow then decodes it whole). No protocol, one demuxer."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data), format="webp_pipe", options={"protocol_whitelist": ""}) as container:
+            frame = next(container.decode(video=0))
+            has_alpha = frame.format.name.startswith(("yuva", "rgba", "bgra", "argb", "abgr"))
+            decoded = frame.to_image(
+                width=target_wh[0], height=target_wh[1], format="rgba" if has_alpha else "rgb24", interpolation="AREA"
+            )
+    except (av.FFmpegError, StopIteration, ValueError, OSError):
+        return None
+    return to_model_rgb(decoded)
+
+
+def clean_prompt(text: str | None, max_chars: int, what: str = "prompt") -> str:
+    """Control characters removed (newlines kept: they separate phrases), Unicode kept, length capped,
+    the model's own control tokens (``<|image_pad|>``, ``<|im_end|>``, ...) refused."""
     cleaned = unicodedata.normalize("NFC", _CONTROL.sub("", text or ""))
     if len(cleaned) > max_chars:
-        raise PromptTooLong(f"the prompt has {len(cleaned)} characters; the limit is {max_chars} (MAX_PROMPT_CHARS)")
+        raise PromptTooLong(f"the {what} has {len(cleaned)} characters; the limit is {max_chars} (MAX_PROMPT_CHARS)")
+    token = _MODEL_CONTROL_TOKEN.search(cleaned)
+    if token:
+        raise InvalidRequest(f"the {what} contains {token.group()}, a control token of the model: remove it")
     return cleaned
+
+
+def clean_template(text: str | None, max_chars: int) -> str | None:
+    """A prompt template as ``clean_prompt`` checks a prompt, holding ``{targets}``; None when empty."""
+    template = clean_prompt(text, max_chars, "prompt template").strip()
+    if not template:
+        return None
+    if "{targets}" not in template:
+        raise InvalidRequest("a prompt template must contain the placeholder {targets}")
+    return template

@@ -13,9 +13,11 @@ from starlette.routing import Mount
 from app.errors import ChordError
 from app.server import metrics, routes_api, routes_health, routes_video
 from app.server.access import ApiKeyMiddleware, ui_logins, warn_if_exposed
+from app.server.client_files import ClientFileGuard
 from app.server.errors import install_error_handlers
+from app.server.request_body import BodyLimit
 from app.server.service import GroundingService, Loader, load_engine
-from app.settings import Settings
+from app.settings import PROJECT_ROOT, Settings
 from app.ui import CSS, build_ui
 
 DESCRIPTION = (
@@ -23,6 +25,23 @@ DESCRIPTION = (
     "Several phrases: separate them with ';' or newlines. Errors are "
     '`{"error": {"code", "message", "request_id"}}`. The browser UI is at `/`.'
 )
+
+
+# Never served or read for a client, whatever Gradio's other checks say.
+BLOCKED_PATHS = ["/proc", "/sys", "/dev", "/etc", str(PROJECT_ROOT / "config"), str(PROJECT_ROOT / "run")]
+# One image, base64 (4/3) or multipart, plus the form's text fields.
+SINGLE_IMAGE_ROUTES = ("/api/ground", "/api/predict")
+FORM_OVERHEAD_BYTES = 1_000_000
+
+
+def body_limits(settings: Settings) -> Callable[[str], int]:
+    """The body cap of each path: near MAX_UPLOAD_BYTES for one image, MAX_REQUEST_BYTES elsewhere."""
+    single = settings.max_upload_bytes * 4 // 3 + FORM_OVERHEAD_BYTES
+
+    def limit_for(path: str) -> int:
+        return single if path in SINGLE_IMAGE_ROUTES else settings.max_request_bytes
+
+    return limit_for
 
 
 def create_app(
@@ -61,8 +80,16 @@ def create_app(
         server_port=settings.port,
         auth=ui_logins(settings),
         auth_message="Chord: sign in (programs: the user 'api' with the API key as password)",
+        max_file_size=settings.max_request_bytes,
+        blocked_paths=BLOCKED_PATHS,
     )
+    gradio_app = next(route.app for route in app.routes if isinstance(route, Mount) and route.path == "")
+    # Gradio checks the file paths a client names only once its Blocks "has launched", which
+    # mount_gradio_app never sets; set it so Gradio's own checks hold too (ClientFileGuard comes first).
+    gradio_app.get_blocks().has_launched = True
+    # The last added runs first: the key, then the body's size, then the files it names.
+    app.add_middleware(ClientFileGuard)
+    app.add_middleware(BodyLimit, limit_for=body_limits(settings))
     if settings.api_key:
-        gradio_app = next(route.app for route in app.routes if isinstance(route, Mount) and route.path == "")
         app.add_middleware(ApiKeyMiddleware, key=settings.api_key, gradio_app=gradio_app)
     return app

@@ -39,6 +39,11 @@ class Metrics:
         self.in_flight = Gauge(
             "chord_in_flight_requests", "Grounding requests queued or running.", registry=self.registry
         )
+        self.decode_pixels = Gauge(
+            "chord_decode_pixels_in_flight",
+            "Decoded image pixels held by requests now (bounded by DECODE_BUDGET_PIXELS).",
+            registry=self.registry,
+        )
         self.model_ready = Gauge("chord_model_ready", "1 once the model has loaded, else 0.", registry=self.registry)
         self.model_load_seconds = Gauge(
             "chord_model_load_seconds", "Seconds the model took to load.", registry=self.registry

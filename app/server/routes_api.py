@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
@@ -12,7 +11,9 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from app.errors import InvalidImage, InvalidRequest
+from app.errors import ChordError, InvalidImage, InvalidRequest
+from app.options import GroundingOptions
+from app.result import GroundingResult
 from app.server.errors import as_chord_error, error_response
 from app.server.records import RequestRecord
 from app.server.schemas import (
@@ -25,6 +26,7 @@ from app.server.schemas import (
     PredictRequest,
     error_responses,
 )
+from app.uploads import PayloadTooLarge
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +94,9 @@ async def ground(
     """Find the objects a prompt names in an uploaded image (multipart form)."""
     service = request.app.state.service
     phrases = service.phrases(prompt, request.state.record)
-    decoded = await service.decode(await image.read())
-    result = await service.ground(
-        decoded, phrases, request.state.record, max_new_tokens=max_new_tokens, score_threshold=score_threshold,
-        tiling=tiling,
-    )  # fmt: skip
+    options = GroundingOptions(max_new_tokens, score_threshold, tiling=tiling)
+    data = await read_upload(image, service.settings.max_upload_bytes)
+    result = await service.ground_upload(data, phrases, request.state.record, options)
     return result.to_dict()
 
 
@@ -105,15 +105,8 @@ async def predict(request: Request, body: PredictRequest) -> dict:
     """Find the objects a prompt names in a base64-encoded image (JSON body)."""
     service = request.app.state.service
     phrases = service.phrases(body.prompt, request.state.record)
-    decoded = await service.decode(_from_base64(body.image))
-    result = await service.ground(
-        decoded,
-        phrases,
-        request.state.record,
-        max_new_tokens=body.max_new_tokens,
-        score_threshold=body.score_threshold,
-        tiling=body.tiling,
-    )
+    options = GroundingOptions(body.max_new_tokens, body.score_threshold, tiling=body.tiling)
+    result = await service.ground_upload(_from_base64(body.image), phrases, request.state.record, options)
     return result.to_dict()
 
 
@@ -141,21 +134,47 @@ async def ground_batch(
     if len(images) > service.settings.max_queue:
         raise InvalidRequest(f"at most MAX_QUEUE={service.settings.max_queue} images per call, got {len(images)}")
     prompts = prompt * len(images) if len(prompt) == 1 else prompt
-    contents = [await upload.read() for upload in images]
-
-    async def one(data: bytes, text: str) -> dict:
+    record = request.state.record
+    items = []
+    for upload, text in zip(images, prompts, strict=True):
         try:
             phrases = service.phrases(text)
-            result = await service.ground_fitted(await service.decode(data), phrases, max_new_tokens, score_threshold)
-        except Exception as exc:  # noqa: BLE001 - each item reports its own failure
-            return as_chord_error(exc).to_dict()
-        return result.to_dict()
-
-    results = await asyncio.gather(*(one(data, text) for data, text in zip(contents, prompts, strict=True)))
-    record = request.state.record
+        except ChordError as exc:
+            phrases = exc
+        items.append((await read_upload(upload, service.settings.max_upload_bytes, strict=False), phrases))
+    options = GroundingOptions(max_new_tokens, score_threshold)
+    groundable = [(data, p) for data, p in items if isinstance(data, bytes) and isinstance(p, tuple)]
+    outcomes = iter(await service.ground_uploads(groundable, options, record.request_id))
+    results = []
+    for data, phrases in items:
+        failed = data if isinstance(data, ChordError) else phrases if isinstance(phrases, ChordError) else None
+        outcome = failed or next(outcomes)
+        results.append(_item_answer(outcome, record.request_id))
     record.boxes = sum(len(r.get("boxes", [])) for r in results)
     record.phrase_chars = sum(len(p) for p in prompts)
     return {"results": results}
+
+
+def _item_answer(outcome: GroundingResult | ChordError, request_id: str) -> dict:
+    if isinstance(outcome, GroundingResult):
+        return outcome.to_dict()
+    body = outcome.to_dict()
+    body["error"]["request_id"] = request_id
+    return body
+
+
+async def read_upload(upload: UploadFile, limit: int, strict: bool = True) -> bytes | ChordError:
+    """An uploaded file's bytes, never more than ``limit`` + 1 of them read (413 past it).
+
+    With ``strict=False`` the error is returned instead of raised (one batch item among others).
+    """
+    data = await upload.read(limit + 1)
+    if len(data) <= limit:
+        return data
+    error = PayloadTooLarge(f"the upload is larger than {limit / 1e6:.1f} MB (MAX_UPLOAD_BYTES)")
+    if strict:
+        raise error
+    return error
 
 
 def _from_base64(text: str) -> bytes:

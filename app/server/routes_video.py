@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from app.batch.video import frame_record, sample_frames
 from app.errors import InvalidVideo
+from app.options import GroundingOptions
 from app.server.routes_api import RecordedRoute
 from app.server.schemas import MAX_NEW_TOKENS_HELP, PROMPT_HELP, SCORE_THRESHOLD_HELP, error_responses
 from app.server.service import GroundingService
@@ -90,7 +91,8 @@ async def ground_clip(
         return list(sample_frames(media, fps, settings.video_max_seconds, settings.video_max_frames))
 
     frames = await anyio.to_thread.run_sync(sample)
-    outcomes = await service.ground_many([f.image for f in frames], phrases, max_new_tokens, score_threshold)
+    options = GroundingOptions(max_new_tokens, score_threshold)
+    outcomes = await service.ground_many([f.image for f in frames], phrases, options)
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome

@@ -19,15 +19,25 @@ import anyio
 from PIL import Image
 
 from app.engine.base import Engine, GroundingRequest
-from app.errors import ChordError, InvalidRequest, ModelLoadError, ModelNotReady
+from app.errors import ChordError, ModelLoadError, ModelNotReady
+from app.options import GroundingOptions
 from app.result import GroundingResult
 from app.scheduler import BatchScheduler, RequestTimeout
-from app.server.errors import EmptyPrompt
+from app.server.errors import EmptyPrompt, as_chord_error
 from app.server.metrics import Metrics
+from app.server.pixel_budget import PixelBudget
 from app.server.records import RequestRecord
 from app.settings import Settings
 from app.tiling import combine, downscaled_wh, rescale_result, shift_result, tile_windows
-from app.uploads import UploadLimits, clean_prompt, decode_upload
+from app.uploads import (
+    FittedImage,
+    ImageTooLarge,
+    UploadLimits,
+    clean_prompt,
+    clean_template,
+    decode_upload,
+    read_header,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +104,9 @@ class GroundingService:
         self._started = time.monotonic()
         self._served = 0
         self._in_flight = 0
+        self.pixel_budget = PixelBudget(
+            settings.decode_budget_pixels, settings.request_timeout_s, self.metrics.decode_pixels.set
+        )
 
     # --- loading -------------------------------------------------------------------------
     def start_loading(self) -> None:
@@ -206,88 +219,149 @@ class GroundingService:
         """The phrases of a prompt, checked the same way for the UI and REST."""
         return split_phrases(prompt, record, self.settings.max_prompt_chars)
 
-    async def decode(self, data: bytes) -> Image.Image:
-        """An uploaded image checked and decoded off the event loop, the same way for the UI and REST."""
-        limits = UploadLimits(self.settings.max_upload_bytes, self.settings.max_image_pixels)
-        return await anyio.to_thread.run_sync(decode_upload, data, limits)
+    def template(self, text: str | None) -> str | None:
+        """A caller's prompt template, checked (length, ``{targets}``, no control token); None when empty."""
+        return clean_template(text, self.settings.max_prompt_chars)
+
+    @property
+    def upload_limits(self) -> UploadLimits:
+        return UploadLimits(self.settings.max_upload_bytes, self.settings.max_image_pixels)
+
+    def check_request_pixels(self, pixels: int, what: str = "this request") -> None:
+        """ImageTooLarge when one request brings more decoded pixels than MAX_REQUEST_PIXELS."""
+        limit = self.settings.max_request_pixels
+        if pixels > limit:
+            raise ImageTooLarge(
+                f"{what} holds {pixels / 1e6:.0f} megapixels once decoded; the limit is {limit / 1e6:.0f} "
+                "(MAX_REQUEST_PIXELS): send fewer or smaller images"
+            )
+
+    async def upload_pixels(self, data: bytes) -> int:
+        """Pixels an upload holds once decoded, from its header alone (every upload check applied)."""
+        header = await anyio.to_thread.run_sync(read_header, data, self.upload_limits)
+        return header.size[0] * header.size[1]
 
     # --- grounding -----------------------------------------------------------------------
-    async def ground(
-        self,
-        image: Image.Image,
-        phrases: tuple[str, ...],
-        record: RequestRecord,
-        max_new_tokens: int | None = None,
-        score_threshold: float = 0.0,
-        prompt_template: str | None = None,
-        tiling: bool | None = None,
+    async def ground_upload(
+        self, data: bytes, phrases: tuple[str, ...], record: RequestRecord, options: GroundingOptions
     ) -> GroundingResult:
-        """Ground ``phrases`` (from ``phrases()``) in ``image`` through the scheduler; fills ``record``.
+        """Check, decode and ground an uploaded image; boxes in pixels of the image as sent.
 
-        Images longer than MAX_IMAGE_SIDE are downscaled for the model; with tiling (the setting
-        or the request) a huge image is also grounded tile by tile and the boxes merged with NMS.
-        Boxes always come back in pixels of ``image``.
+        The decode holds its pixels in the decode budget, then only the fitted image's until the
+        answer is in: a huge image is decoded straight to the size the model needs (all of it only
+        when it is tiled).
         """
-        record.image_wh = image.size
-        use_tiling = self.settings.tiling if tiling is None else tiling
-        if use_tiling and max(image.size) > self.settings.tile_size:
-            result = await self._ground_tiled(image, phrases, max_new_tokens, score_threshold, prompt_template)
+        pixels = await self.upload_pixels(data)
+        self.check_request_pixels(pixels)
+        async with self.pixel_budget.hold(pixels) as held:
+            full = self._tiles(pixels, options)
+            max_side = None if full else self.settings.max_image_side
+            picture = await anyio.to_thread.run_sync(decode_upload, data, self.upload_limits, max_side)
+            del data
+            await held.shrink(picture.image.width * picture.image.height)
+            return await self.ground(picture, phrases, record, options)
+
+    async def ground_uploads(
+        self, items: list[tuple[bytes, tuple[str, ...]]], options: GroundingOptions, request_id: str
+    ) -> list[GroundingResult | ChordError]:
+        """Several uploads, ``MAX_BATCH_SIZE`` at a time (one caller never fills the queue); errors per item.
+
+        ImageTooLarge for the whole call when its images together pass MAX_REQUEST_PIXELS.
+        """
+        total = 0
+        for data, _ in items:
+            try:
+                total += await self.upload_pixels(data)
+            except ChordError:
+                pass  # reported on its own item below
+        self.check_request_pixels(total, f"these {len(items)} images")
+
+        async def one(data: bytes, phrases: tuple[str, ...]) -> GroundingResult | ChordError:
+            record = RequestRecord(endpoint="item", request_id=request_id)
+            try:
+                return await self.ground_upload(data, phrases, record, options)
+            except Exception as exc:  # noqa: BLE001 - each item reports its own failure
+                error = as_chord_error(exc)
+                if error.code == "internal_error":
+                    logger.error("request id=%s: a batch item failed", request_id, exc_info=exc)
+                return error
+
+        outcomes: list[GroundingResult | ChordError] = []
+        for start in range(0, len(items), self._chunk):
+            outcomes += await asyncio.gather(*(one(data, p) for data, p in items[start : start + self._chunk]))
+        return outcomes
+
+    async def ground(
+        self, picture: FittedImage, phrases: tuple[str, ...], record: RequestRecord, options: GroundingOptions
+    ) -> GroundingResult:
+        """Ground ``phrases`` (from ``phrases()``) in a decoded upload through the scheduler; fills ``record``.
+
+        With tiling (the setting or the request) a huge image is also grounded tile by tile and the
+        boxes merged with NMS. Boxes always come back in pixels of the image as sent.
+        """
+        record.image_wh = picture.original_wh
+        w, h = picture.image.size
+        if self._tiles(w * h, options) and max(w, h) > self.settings.tile_size:
+            result = await self._ground_tiled(picture.image, phrases, options)
         else:
-            result = await self.ground_fitted(image, phrases, max_new_tokens, score_threshold, prompt_template)
+            result = await self.ground_fitted(picture.image, phrases, options)
+        if picture.image.size != picture.original_wh:
+            result = rescale_result(result, picture.original_wh)
         record.boxes = len(result.boxes)
         return result
 
-    async def ground_fitted(self, image: Image.Image, *args) -> GroundingResult:
+    def _tiles(self, pixels: int, options: GroundingOptions) -> bool:
+        use_tiling = self.settings.tiling if options.tiling is None else options.tiling
+        return use_tiling and pixels > self.settings.tile_size**2
+
+    @property
+    def _chunk(self) -> int:
+        """Requests one caller may have in the queue at once."""
+        return max(1, min(self.settings.max_batch_size, self.settings.max_queue))
+
+    async def ground_fitted(
+        self, image: Image.Image, phrases: tuple[str, ...], options: GroundingOptions
+    ) -> GroundingResult:
         """``ground_one`` for an image of any size: one longer than MAX_IMAGE_SIDE is downscaled and mapped back."""
         smaller = downscaled_wh(image.size, self.settings.max_image_side)
         if smaller is None:
-            return await self.ground_one(image, *args)
+            return await self.ground_one(image, phrases, options)
         resized = await anyio.to_thread.run_sync(image.resize, smaller, Image.Resampling.BICUBIC)
-        return rescale_result(await self.ground_one(resized, *args), image.size)
+        return rescale_result(await self.ground_one(resized, phrases, options), image.size)
 
-    async def _ground_tiled(self, image: Image.Image, *args) -> GroundingResult:
+    async def _ground_tiled(self, image: Image.Image, phrases: tuple[str, ...], options: GroundingOptions):
+        """The whole image, then its tiles, ``MAX_BATCH_SIZE`` at a time; boxes merged with NMS."""
         from app.engine.nms import nms_keep
 
         windows = tile_windows(image.size, self.settings.tile_size)
-        crops = [await anyio.to_thread.run_sync(image.crop, window) for window in windows]
-        parts = await asyncio.gather(self.ground_fitted(image, *args), *(self.ground_fitted(c, *args) for c in crops))
-        placed = [parts[0]] + [shift_result(r, w, image.size) for r, w in zip(parts[1:], windows, strict=True)]
+        placed = [await self.ground_fitted(image, phrases, options)]
+        for start in range(0, len(windows), self._chunk):
+            chunk = windows[start : start + self._chunk]
+            crops = [await anyio.to_thread.run_sync(image.crop, window) for window in chunk]
+            parts = await asyncio.gather(*(self.ground_fitted(crop, phrases, options) for crop in crops))
+            placed += [shift_result(r, w, image.size) for r, w in zip(parts, chunk, strict=True)]
         boxes = [b for r in placed for b in r.boxes]
         keep = nms_keep(boxes, [s for r in placed for s in r.scores], [label for r in placed for label in r.labels])
         return combine(placed, keep, image.size)
 
     async def ground_many(
-        self,
-        images: list[Image.Image],
-        phrases: tuple[str, ...],
-        max_new_tokens: int | None = None,
-        score_threshold: float = 0.0,
+        self, images: list[Image.Image], phrases: tuple[str, ...], options: GroundingOptions
     ) -> list[GroundingResult | BaseException]:
         """Ground each image, ``MAX_BATCH_SIZE`` at a time (one caller never fills the queue); errors per item."""
         outcomes: list[GroundingResult | BaseException] = []
-        step = self.settings.max_batch_size
-        for start in range(0, len(images), step):
-            chunk = images[start : start + step]
+        for start in range(0, len(images), self._chunk):
+            chunk = images[start : start + self._chunk]
             outcomes += await asyncio.gather(
-                *(self.ground_fitted(image, phrases, max_new_tokens, score_threshold) for image in chunk),
-                return_exceptions=True,
+                *(self.ground_fitted(image, phrases, options) for image in chunk), return_exceptions=True
             )
         return outcomes
 
-    async def ground_one(
-        self,
-        image: Image.Image,
-        phrases: tuple[str, ...],
-        max_new_tokens: int | None = None,
-        score_threshold: float = 0.0,
-        prompt_template: str | None = None,
-    ) -> GroundingResult:
+    async def ground_one(self, image: Image.Image, phrases: tuple[str, ...], options: GroundingOptions):
         """One request through the batching scheduler: 503 busy at once when the queue is full, 504 on timeout."""
-        template = (prompt_template or "").strip() or None
-        if template is not None and "{targets}" not in template:
-            raise InvalidRequest("a prompt template must contain the placeholder {targets}")
         self._require_engine()
-        request = GroundingRequest(image, phrases, max_new_tokens=max_new_tokens, prompt_template=template)
+        request = GroundingRequest(
+            image, phrases, max_new_tokens=options.max_new_tokens, prompt_template=options.prompt_template
+        )
         future = self._scheduler.submit(request)
         self._in_flight += 1
         self.metrics.in_flight.inc()
@@ -300,4 +374,4 @@ class GroundingService:
             self._in_flight -= 1
             self.metrics.in_flight.dec()
         self._served += 1
-        return result.above(score_threshold)
+        return result.above(options.score_threshold)
