@@ -181,9 +181,10 @@ def decode_webp_scaled(data: bytes, target_wh: tuple[int, int]) -> Image.Image |
         with av.open(io.BytesIO(data), format="webp_pipe", options={"protocol_whitelist": ""}) as container:
             frame = next(container.decode(video=0))
             has_alpha = frame.format.name.startswith(("yuva", "rgba", "bgra", "argb", "abgr"))
-            decoded = frame.to_image(
+            scaled = frame.reformat(
                 width=target_wh[0], height=target_wh[1], format="rgba" if has_alpha else "rgb24", interpolation="AREA"
             )
+            decoded = scaled.to_image()
     except (av.FFmpegError, StopIteration, ValueError, OSError):
         return None
     return to_model_rgb(decoded)
