@@ -14,6 +14,7 @@ from app.errors import ChordError
 from app.server import metrics, routes_api, routes_health, routes_video
 from app.server.access import ApiKeyMiddleware, ui_logins, warn_if_exposed
 from app.server.errors import install_error_handlers
+from app.server.routes_fallback import unknown_api_paths
 from app.server.service import GroundingService, Loader, load_engine
 from app.settings import Settings
 from app.ui import CSS, build_ui
@@ -48,6 +49,7 @@ def create_app(
     app.include_router(metrics.router)
     app.include_router(routes_api.router)
     app.include_router(routes_video.router)
+    app.include_router(unknown_api_paths(routes_api.router, routes_video.router))  # last of the /api routers
     warn_if_exposed(settings)
     app = gr.mount_gradio_app(
         app,

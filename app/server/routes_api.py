@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from app.errors import InvalidImage, InvalidRequest
-from app.server.errors import as_chord_error, error_response
+from app.server.errors import as_chord_error, error_body, error_response
 from app.server.records import RequestRecord
 from app.server.schemas import (
     MAX_NEW_TOKENS_HELP,
@@ -148,7 +148,10 @@ async def ground_batch(
             phrases = service.phrases(text)
             result = await service.ground_fitted(await service.decode(data), phrases, max_new_tokens, score_threshold)
         except Exception as exc:  # noqa: BLE001 - each item reports its own failure
-            return as_chord_error(exc).to_dict()
+            body = error_body(exc, request.state.request_id)
+            if body["error"]["code"] == "internal_error":
+                logger.error("request id=%s: a batch item failed", request.state.request_id, exc_info=exc)
+            return body
         return result.to_dict()
 
     results = await asyncio.gather(*(one(data, text) for data, text in zip(contents, prompts, strict=True)))
