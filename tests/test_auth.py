@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 from gradio_client import Client, handle_file
@@ -41,6 +43,7 @@ def test_rest_needs_the_key(locked_server, sample_png, headers, status):
     assert response.status_code == status
     if status == 401:
         assert response.json()["error"]["code"] == "unauthorized"
+        assert response.json()["error"]["request_id"] == response.headers["x-request-id"]
 
 
 def test_health_and_metrics_stay_open_for_the_watchdog(locked_server):
@@ -78,3 +81,21 @@ def test_binding_beyond_loopback_without_a_key_warns(tiny_checkpoint, tmp_path):
 
 def test_the_key_is_never_logged(locked_server):
     assert KEY not in locked_server.log() and "pw1" not in locked_server.log()
+
+
+def auth_failures(url: str, kind: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    match = re.search(rf'^chord_auth_failures_total{{kind="{kind}"}} (\S+)$', text, re.MULTILINE)
+    return float(match[1]) if match else 0.0
+
+
+def test_a_refused_key_is_logged_without_the_key_and_counted(locked_server, sample_png):
+    before = auth_failures(locked_server.url, "api_key")
+    response = ground(locked_server.url, sample_png, {"X-API-Key": "guessed-key-42"})
+    assert response.status_code == 401
+    request_id = response.headers["x-request-id"]
+    assert response.json()["error"]["request_id"] == request_id
+    line = next(line for line in locked_server.log().splitlines() if f"id={request_id}" in line)
+    assert "path='/api/ground'" in line and "client=127.0.0.1" in line and "key_headers=X-API-Key" in line
+    assert "guessed-key-42" not in locked_server.log() and KEY not in locked_server.log()
+    assert auth_failures(locked_server.url, "api_key") == before + 1
