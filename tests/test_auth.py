@@ -99,3 +99,28 @@ def test_a_refused_key_is_logged_without_the_key_and_counted(locked_server, samp
     assert "path='/api/ground'" in line and "client=127.0.0.1" in line and "key_headers=X-API-Key" in line
     assert "guessed-key-42" not in locked_server.log() and KEY not in locked_server.log()
     assert auth_failures(locked_server.url, "api_key") == before + 1
+
+
+def login(url: str, password: str, address: str) -> httpx.Response:
+    """A UI login as the browser sends it (multipart form), from the loopback ``address``."""
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=address)) as client:
+        return client.post(f"{url}/login", files={"username": (None, "ana"), "password": (None, password)})
+
+
+def test_repeated_failed_logins_from_one_address_are_refused_for_a_while(locked_server):
+    url, address = locked_server.url, "127.0.0.2"  # an address of its own: other tests log in from 127.0.0.1
+    before = auth_failures(url, "ui_login")
+    assert [login(url, "wrong-pw-7", address).status_code for _ in range(4)] == [400] * 4
+    assert login(url, "pw1", address).status_code == 200  # under the limit the right password still works
+    assert login(url, "wrong-pw-7", address).status_code == 400  # the fifth failure
+    refused = login(url, "pw1", address)
+    assert refused.status_code == 429  # now even the right password waits
+    assert refused.json()["error"]["code"] == "too_many_login_attempts"
+    assert refused.json()["error"]["request_id"] == refused.headers["x-request-id"]
+    assert 0 < int(refused.headers["retry-after"]) <= 60
+    assert login(url, "pw1", "127.0.0.3").status_code == 200  # another address is not held back
+    assert auth_failures(url, "ui_login") == before + 5
+    log = locked_server.log().splitlines()
+    failures = [line for line in log if "failed login id=" in line and f"client={address} " in line]
+    assert len(failures) == 5 and all("user='ana'" in line for line in failures)
+    assert "wrong-pw-7" not in locked_server.log()

@@ -14,6 +14,7 @@ from app.errors import ChordError
 from app.server import metrics, routes_api, routes_health, routes_video
 from app.server.access import ApiKeyMiddleware, ui_logins, warn_if_exposed
 from app.server.errors import install_error_handlers
+from app.server.login_guard import LoginGuard
 from app.server.routes_fallback import unknown_api_paths
 from app.server.service import GroundingService, Loader, load_engine
 from app.settings import Settings
@@ -67,4 +68,5 @@ def create_app(
     if settings.api_key:
         gradio_app = next(route.app for route in app.routes if isinstance(route, Mount) and route.path == "")
         app.add_middleware(ApiKeyMiddleware, key=settings.api_key, gradio_app=gradio_app)
+    app.add_middleware(LoginGuard, metrics=service.metrics)
     return app
