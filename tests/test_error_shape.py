@@ -1,4 +1,4 @@
-"""Every error of the REST API has the documented status and {"error": {"code", "message"}}."""
+"""Every error of the REST API has the documented status and {"error": {"code", "message", "request_id"}}."""
 
 from __future__ import annotations
 
@@ -105,3 +105,59 @@ def test_by_default_a_model_that_cannot_load_ends_the_process_with_the_cause(tmp
     finally:
         live.stop()
     assert "does not exist" in live.log() and "no-such-model" in live.log()
+
+
+def _assert_error_shape(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"]
+    assert error["request_id"] == response.headers["x-request-id"]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/nope"),  # a path no route has
+        ("POST", "/api/ground/nope"),  # below a real route
+        ("DELETE", "/api/"),  # the bare prefix
+    ],
+)
+def test_an_unknown_api_path_is_not_found_in_the_error_shape(server, method, path):
+    response = httpx.request(method, f"{server.url}{path}")
+    _assert_error_shape(response, 404, "not_found")
+    assert f"id={response.headers['x-request-id']}" in server.log()
+
+
+@pytest.mark.parametrize("path", ["/api/ground", "/api/predict", "/api/ground/batch", "/api/ground/video"])
+def test_a_wrong_method_is_not_allowed_and_says_which_is(server, path):
+    response = httpx.get(f"{server.url}{path}")
+    error = _assert_error_shape(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+    assert "POST" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "limit"),
+    [
+        ([("images", ("a.png", b"x", "image/png"))] * 1001, {"prompt": "x"}, "Too many files"),  # 1000 files at most
+        (None, {"prompt": "x", **{f"field{i}": "v" for i in range(1001)}}, "Too many fields"),  # 1000 fields at most
+        ([("images", ("a.png", b"x", "image/png"))], {"prompt": "x" * (1024 * 1024 + 1)}, "exceeded maximum size"),
+    ],
+)
+def test_a_multipart_form_past_its_limits_is_an_invalid_request(server, files, data, limit):
+    response = httpx.post(f"{server.url}/api/ground/batch", files=files, data=data, timeout=60)
+    error = _assert_error_shape(response, 422, "invalid_request")
+    assert limit in error["message"]
+
+
+def test_a_failed_batch_item_carries_the_request_id(server, sample_png):
+    with open(sample_png, "rb") as f:
+        png = f.read()
+    files = [("images", ("good.png", png, "image/png")), ("images", ("bad.png", b"not an image", "image/png"))]
+    response = httpx.post(f"{server.url}/api/ground/batch", files=files, data={"prompt": "the cat"}, timeout=60)
+    assert response.status_code == 200, response.text
+    good, bad = response.json()["results"]
+    assert good["image_size"] == [320, 240]
+    assert bad["error"]["code"] == "invalid_image"
+    assert bad["error"]["request_id"] == response.headers["x-request-id"]

@@ -188,9 +188,7 @@ def test_a_huge_prompt_template_is_refused_at_once(costs_server, sample_png):
     client = Client(costs_server.url, verbose=False)
     started = time.monotonic()
     with pytest.raises(Exception, match="prompt template has 66"):
-        client.predict(
-            handle_file(sample_png), "the cat", 8, 0, "Find {targets}. " + "x" * 66_000, api_name="/ground"
-        )
+        client.predict(handle_file(sample_png), "the cat", 8, 0, "Find {targets}. " + "x" * 66_000, api_name="/ground")
     assert time.monotonic() - started < 10
 
 

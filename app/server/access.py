@@ -13,16 +13,20 @@ import hmac
 import ipaddress
 import logging
 import secrets
+import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import ChordError
+from app.server.errors import error_response
+from app.server.records import new_request_id
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 API_USER = "api"
 OPEN_PATHS = ("/health", "/metrics")
+REFUSED_ENDPOINT = "/api/*"  # the endpoint label of 401s: they are refused before routing
 
 
 class Unauthorized(ChordError):
@@ -51,6 +55,17 @@ def key_in_headers(headers: dict[str, str], key: str) -> bool:
     return bool(given) and hmac.compare_digest(given.encode(), key.encode())
 
 
+def key_headers_sent(headers: dict[str, str]) -> str:
+    """Which key headers a request carried (never their values), for the log line of a refusal."""
+    sent = []
+    if "x-api-key" in headers:
+        sent.append("X-API-Key")
+    if "authorization" in headers:
+        bearer = headers["authorization"].lower().startswith("bearer ")
+        sent.append("Authorization: Bearer" if bearer else "Authorization (not Bearer)")
+    return ", ".join(sent) or "none"
+
+
 def warn_if_exposed(settings: Settings) -> None:
     if settings.api_key or _is_loopback(settings.host):
         return
@@ -77,7 +92,7 @@ class ApiKeyMiddleware:
         has_key = key_in_headers(headers, self.key)
         if scope["path"].startswith("/api/"):
             if not has_key:
-                return await _unauthorized(scope, send)
+                return await _unauthorized(scope, send, key_headers_sent(headers))
         elif has_key and self.gradio_app is not None:
             scope = self._with_gradio_session(scope)
         return await self.app(scope, receive, send)
@@ -92,11 +107,21 @@ class ApiKeyMiddleware:
         return {**scope, "headers": headers}
 
 
-async def _unauthorized(scope: Scope, send: Send) -> None:
-    from fastapi.responses import JSONResponse
-
+async def _unauthorized(scope: Scope, send: Send, headers_sent: str) -> None:
+    """401 in the one error shape; one log line (no key) and the metrics, as for any other request."""
+    started = time.perf_counter()
+    request_id = new_request_id()
     error = Unauthorized("an API key is required: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
-    response = JSONResponse(error.to_dict(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    response = error_response(error, request_id)
+    response.headers["WWW-Authenticate"] = "Bearer"
+    client = scope["client"][0] if scope.get("client") else "-"
+    logger.warning(
+        "refused request id=%s path=%r client=%s key_headers=%s: no valid API key",
+        request_id, scope["path"], client, headers_sent,
+    )  # fmt: skip
+    metrics = scope["app"].state.service.metrics
+    metrics.auth_failures.labels("api_key").inc()
+    metrics.observe(REFUSED_ENDPOINT, error.status, time.perf_counter() - started, error.code)
     await response(scope, _noop_receive, send)
 
 

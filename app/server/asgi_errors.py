@@ -5,19 +5,14 @@ from __future__ import annotations
 from starlette.types import Scope, Send
 
 from app.errors import ChordError
+from app.server.errors import error_response
 from app.server.records import new_request_id
 
 
 async def send_error(error: ChordError, scope: Scope, send: Send, request_id: str | None = None) -> None:
     """Answer ``{"error": {"code", "message", "request_id"}}`` with ``X-Request-ID``."""
-    from fastapi.responses import JSONResponse
-
-    request_id = request_id or new_request_id()
-    body = error.to_dict()
-    body["error"]["request_id"] = request_id
-    response = JSONResponse(body, status_code=error.status, headers={"X-Request-ID": request_id})
-    await response(scope, _no_body, send)
+    await error_response(error, request_id or new_request_id())(scope, _no_body, send)
 
 
-async def _no_body() -> dict:  # pragma: no cover - a JSONResponse never reads the request
+async def _no_body() -> dict:  # pragma: no cover - an error answer never reads the request
     return {"type": "http.disconnect"}

@@ -7,6 +7,7 @@ whose request id is also in the log line, so a report from a user can be matched
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,7 +33,34 @@ class InternalError(ChordError):
     code = "internal_error"
 
 
-# Documented in /docs and docs/server-notes.md: status -> (code, when).
+class NotFound(ChordError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ChordError):
+    """A method the path does not take; ``allowed`` becomes the ``Allow`` header."""
+
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allowed: Iterable[str]):
+        super().__init__(message)
+        self.allowed = tuple(sorted(allowed))
+
+
+class TooManyLoginAttempts(ChordError):
+    """Too many failed UI logins from one address; ``retry_after_s`` becomes the ``Retry-After`` header."""
+
+    status = 429
+    code = "too_many_login_attempts"
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+# code -> (status, when); the README's error table says the same (tests/test_error_table.py checks both ways).
 ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_image": (400, "the file or base64 data is not an image Pillow can decode"),
     "missing_image": (422, "the request carries no image field"),
@@ -47,6 +75,9 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "image_too_large": (413, "the image has more pixels than MAX_IMAGE_PIXELS (checked before decoding)"),
     "prompt_too_long": (422, "the prompt is longer than MAX_PROMPT_CHARS"),
     "unauthorized": (401, "API_KEY is set and the request carries no valid key"),
+    "not_found": (404, "no Chord route has this path under /api/"),
+    "method_not_allowed": (405, "the path takes other methods; the Allow header lists them"),
+    "too_many_login_attempts": (429, "POST /login: too many failed UI logins from this address; see Retry-After"),
     "out_of_memory": (503, "the GPU ran out of memory on this request; retry, or lower MAX_BATCH_SIZE / MAX_PIXELS"),
     "busy": (503, "the queue is full; retry after the Retry-After header's seconds"),
     "timeout": (504, "no answer within REQUEST_TIMEOUT_S"),
@@ -66,19 +97,25 @@ def as_chord_error(exc: Exception) -> ChordError:
     if isinstance(exc, RequestValidationError):
         return _from_validation(exc)
     if isinstance(exc, HTTPException):
-        error = InvalidRequest(str(exc.detail))
-        error.status = exc.status_code
-        return error
+        return _from_http_exception(exc)
     return InternalError("unexpected server error; quote the request id when reporting it")
+
+
+def error_body(exc: Exception, request_id: str) -> dict:
+    """``{"error": {"code", "message", "request_id"}}`` for a failure."""
+    body = as_chord_error(exc).to_dict()
+    body["error"]["request_id"] = request_id
+    return body
 
 
 def error_response(exc: Exception, request_id: str) -> JSONResponse:
     error = as_chord_error(exc)
-    body = error.to_dict()
-    body["error"]["request_id"] = request_id
+    body = error_body(error, request_id)
     headers = {"X-Request-ID": request_id}
-    if isinstance(error, QueueFull):
+    if isinstance(error, QueueFull | TooManyLoginAttempts):
         headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, MethodNotAllowed):
+        headers["Allow"] = ", ".join(error.allowed)
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
@@ -90,6 +127,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for kind in (ChordError, RequestValidationError, HTTPException):
         app.add_exception_handler(kind, handle)
+
+
+def _from_http_exception(exc: HTTPException) -> ChordError:
+    """Starlette's and FastAPI's own refusals; any other than 404 and 405 is a body they could not read
+    (a multipart form past its limits of files, fields or part size, or a body that does not parse)."""
+    if exc.status_code == 404:
+        return NotFound(str(exc.detail))
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return MethodNotAllowed(str(exc.detail), [m.strip() for m in allowed.split(",") if m.strip()])
+    return InvalidRequest(str(exc.detail))
 
 
 def _from_validation(exc: RequestValidationError) -> ChordError:

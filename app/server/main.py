@@ -15,7 +15,9 @@ from app.server import metrics, routes_api, routes_health, routes_video
 from app.server.access import ApiKeyMiddleware, ui_logins, warn_if_exposed
 from app.server.client_files import ClientFileGuard
 from app.server.errors import install_error_handlers
+from app.server.login_guard import LoginGuard
 from app.server.request_body import BodyLimit
+from app.server.routes_fallback import unknown_api_paths
 from app.server.service import GroundingService, Loader, load_engine
 from app.settings import PROJECT_ROOT, Settings
 from app.ui import CSS, build_ui
@@ -67,6 +69,7 @@ def create_app(
     app.include_router(metrics.router)
     app.include_router(routes_api.router)
     app.include_router(routes_video.router)
+    app.include_router(unknown_api_paths(routes_api.router, routes_video.router))  # last of the /api routers
     warn_if_exposed(settings)
     app = gr.mount_gradio_app(
         app,
@@ -92,4 +95,5 @@ def create_app(
     app.add_middleware(BodyLimit, limit_for=body_limits(settings))
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, key=settings.api_key, gradio_app=gradio_app)
+    app.add_middleware(LoginGuard, metrics=service.metrics)
     return app

@@ -36,6 +36,10 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.errors = Counter("chord_errors", "Failed requests by error code.", ["code"], registry=self.registry)
+        self.auth_failures = Counter(
+            "chord_auth_failures", "Refused API keys (kind=api_key) and failed UI logins (kind=ui_login).", ["kind"],
+            registry=self.registry,
+        )  # fmt: skip
         self.in_flight = Gauge(
             "chord_in_flight_requests", "Grounding requests queued or running.", registry=self.registry
         )

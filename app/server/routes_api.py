@@ -14,7 +14,7 @@ from starlette.responses import Response
 from app.errors import ChordError, InvalidImage, InvalidRequest
 from app.options import GroundingOptions
 from app.result import GroundingResult
-from app.server.errors import as_chord_error, error_response
+from app.server.errors import as_chord_error, error_body, error_response
 from app.server.records import RequestRecord
 from app.server.schemas import (
     MAX_NEW_TOKENS_HELP,
@@ -156,11 +156,7 @@ async def ground_batch(
 
 
 def _item_answer(outcome: GroundingResult | ChordError, request_id: str) -> dict:
-    if isinstance(outcome, GroundingResult):
-        return outcome.to_dict()
-    body = outcome.to_dict()
-    body["error"]["request_id"] = request_id
-    return body
+    return outcome.to_dict() if isinstance(outcome, GroundingResult) else error_body(outcome, request_id)
 
 
 async def read_upload(upload: UploadFile, limit: int, strict: bool = True) -> bytes | ChordError:

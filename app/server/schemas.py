@@ -64,7 +64,10 @@ class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable code: " + ", ".join(ERROR_CODES), examples=["empty_prompt"])
     message: str = Field(description="What went wrong, for people.", examples=["the prompt is empty"])
     request_id: str | None = Field(
-        None, description="Also in the server's log line for this request.", examples=["3f9c2a71b0de"]
+        None,
+        description="The request's id, also in the X-Request-ID header and the server's log line for this request; "
+        "a batch item's error carries the id of the batch request.",
+        examples=["3f9c2a71b0de"],
     )
 
 
@@ -75,9 +78,12 @@ class ErrorBody(BaseModel):
 
 
 class BatchResponse(BaseModel):
-    """One entry per image, in the order sent: a result, or ``{"error": {"code", "message"}}``."""
+    """One entry per image, in the order sent: a result, or ``{"error": {"code", "message", "request_id"}}``
+    whose ``request_id`` is the batch request's own (its X-Request-ID)."""
 
-    results: list[GroundingResponse | ErrorBody] = Field(description="Results or per-item errors, in order.")
+    results: list[GroundingResponse | ErrorBody] = Field(
+        description="Results or per-item errors (each with the batch request's request_id), in order."
+    )
 
 
 def error_responses(*codes: str) -> dict[int | str, dict]:
