@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import tempfile
 import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -15,7 +19,7 @@ from PIL import Image
 from app.batch.coco import to_coco
 from app.batch.files import IMAGE_EXTENSIONS
 from app.batch.runner import image_record
-from app.batch.video import AnnotatedVideo
+from app.batch.video import AnnotatedVideo, SampledFrame
 from app.drawing import draw_result
 from app.errors import ChordError, InvalidImage, InvalidRequest
 from app.fonts import label_font
@@ -23,11 +27,10 @@ from app.server.errors import MissingImage, as_chord_error
 from app.server.records import RequestRecord
 from app.server.routes_video import ground_clip
 from app.server.service import GroundingService
-from app.uploads import UploadLimits, decode_upload
+from app.uploads import PayloadTooLarge, UploadLimits, decode_upload
 
 logger = logging.getLogger(__name__)
 
-MAX_ZIP_MEMBER_BYTES = 64 * 1024 * 1024
 THUMBNAIL_WH = (480, 480)
 
 # Gradio runs each event listener one call at a time unless told otherwise. Grounding events go
@@ -47,14 +50,12 @@ class MediaUI:
         record = RequestRecord(endpoint="gradio:/ground_batch")
         try:
             phrases = self.service.phrases(phrase, record)
-            named = await anyio.to_thread.run_sync(_read_uploads, files or [])
-            if not named:
-                raise MissingImage("Add images first: several image files, or a zip of them.")
-            limit = self.service.settings.max_queue
-            if len(named) > limit:
-                raise InvalidRequest(f"At most MAX_QUEUE={limit} images at once; got {len(named)}.")
-            limits = UploadLimits(self.service.settings.max_upload_bytes, self.service.settings.max_image_pixels)
-            decoded = await anyio.to_thread.run_sync(_decode_all, named, limits)
+            settings = self.service.settings
+            limits = UploadLimits(settings.max_upload_bytes, settings.max_image_pixels)
+            listed = await anyio.to_thread.run_sync(
+                _list_uploads, files or [], settings.max_queue, limits, settings.max_batch_size
+            )
+            decoded = await anyio.to_thread.run_sync(_decode_all, listed, limits)
             readable = [image for _, image in decoded if not isinstance(image, ChordError)]
             outcomes = iter(await self.service.ground_many(readable, phrases))
             records, gallery = [], []
@@ -83,47 +84,103 @@ class MediaUI:
             phrases = self.service.phrases(phrase, record)
             if not video:
                 raise MissingImage("Add a video first.")
-            images: list[Image.Image] = []
-            frames = await ground_clip(self.service, str(video), phrases, float(fps), keep_images=images)
-            paths = await anyio.to_thread.run_sync(_write_video_outputs, frames, images, float(fps))
+            folder = Path(tempfile.mkdtemp(prefix="chord-video-"))
+            # The upload Gradio stored is opened here; FFmpeg only ever sees the file object.
+            with open(video, "rb") as media, AnnotatedVideo(folder / "annotated.mp4", float(fps)) as annotated:
+                on_chunk = functools.partial(_annotate_chunk, annotated)
+                frames = await ground_clip(self.service, media, phrases, float(fps), on_chunk=on_chunk)
+            jsonl = folder / "frames.jsonl"
+            lines = "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in frames)
+            await anyio.to_thread.run_sync(functools.partial(jsonl.write_text, lines, encoding="utf-8"))
         except ChordError as exc:
             record.finish(self.service.metrics, exc.status, exc.code)
             raise gr.Error(exc.message, title="Could not ground") from None
         record.boxes = sum(len(f["boxes"]) for f in frames)
         record.finish(self.service.metrics, 200)
-        return paths[0], frames, paths[1], f"{len(frames)} frames at {fps:g} fps, {record.boxes} boxes"
+        summary = f"{len(frames)} frames at {fps:g} fps, {record.boxes} boxes"
+        return str(folder / "annotated.mp4"), frames, str(jsonl), summary
 
 
-def _read_uploads(files: list[str]) -> list[tuple[str, bytes]]:
-    """(name, bytes) of every uploaded image, a zip's images included (read in memory, never extracted)."""
-    named: list[tuple[str, bytes]] = []
+@dataclass(frozen=True)
+class _Upload:
+    """One image to read: an uploaded file, or a member of an uploaded zip (``member`` its name there)."""
+
+    name: str
+    path: Path
+    member: str | None = None
+    declared_bytes: int = 0
+
+
+def _list_uploads(files: list[str], max_images: int, limits: UploadLimits, max_batch_size: int) -> list[_Upload]:
+    """Every uploaded image, a zip's images from its central directory alone: counted and sized before any
+    member is read (a few hundred KB of zip may unpack to gigabytes)."""
+    listed: list[_Upload] = []
     for file in files:
         path = Path(file)
         if path.suffix.lower() != ".zip":
-            named.append((path.name, path.read_bytes()))
+            listed.append(_Upload(path.name, path))
             continue
         try:
             with zipfile.ZipFile(path) as archive:
-                for member in sorted(archive.infolist(), key=lambda m: m.filename):
-                    if member.is_dir() or Path(member.filename).suffix.lower() not in IMAGE_EXTENSIONS:
-                        continue
-                    if member.file_size > MAX_ZIP_MEMBER_BYTES:
-                        raise InvalidImage(f"{member.filename} in {path.name} is larger than 64 MiB")
-                    named.append((f"{path.name}/{member.filename}", archive.read(member)))
-        except zipfile.BadZipFile:
+                members = sorted(archive.infolist(), key=lambda m: m.filename)
+        except (zipfile.BadZipFile, OSError):
             raise InvalidImage(f"{path.name} is not a zip file Chord can read") from None
-    return named
+        for member in members:
+            if member.is_dir() or Path(member.filename).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if member.file_size > limits.max_bytes:
+                raise PayloadTooLarge(
+                    f"{member.filename} in {path.name} unpacks to {member.file_size / 1e6:.1f} MB; the limit per "
+                    f"image is {limits.max_bytes / 1e6:.1f} MB (MAX_UPLOAD_BYTES)"
+                )
+            listed.append(_Upload(f"{path.name}/{member.filename}", path, member.filename, member.file_size))
+        if len(listed) > max_images:  # before the next zip's directory is even read
+            break
+    if not listed:
+        raise MissingImage("Add images first: several image files, or a zip of them.")
+    if len(listed) > max_images:
+        raise InvalidRequest(f"At most MAX_QUEUE={max_images} images at once; got {len(listed)} or more.")
+    total, most = sum(u.declared_bytes for u in listed), limits.max_bytes * max_batch_size
+    if total > most:
+        raise PayloadTooLarge(
+            f"the zip files unpack to {total / 1e6:.1f} MB; the limit is {most / 1e6:.1f} MB "
+            "(MAX_UPLOAD_BYTES x MAX_BATCH_SIZE): send fewer or smaller images"
+        )
+    return listed
 
 
-def _decode_all(named: list[tuple[str, bytes]], limits: UploadLimits) -> list[tuple[str, Image.Image | ChordError]]:
-    """Each upload checked and decoded like any other (app/uploads.py); failures stay per item."""
+def _decode_all(listed: list[_Upload], limits: UploadLimits) -> list[tuple[str, Image.Image | ChordError]]:
+    """Each upload read (one at a time, in memory, never extracted), checked and decoded like any other
+    (app/uploads.py); failures stay per item."""
     decoded: list[tuple[str, Image.Image | ChordError]] = []
-    for name, data in named:
-        try:
-            decoded.append((name, decode_upload(data, limits)))
-        except ChordError as exc:
-            decoded.append((name, exc))
+    with contextlib.ExitStack() as stack:
+        archives: dict[Path, zipfile.ZipFile] = {}
+        for upload in listed:
+            try:
+                if upload.member is None:
+                    data = upload.path.read_bytes()
+                else:
+                    if upload.path not in archives:
+                        archives[upload.path] = stack.enter_context(zipfile.ZipFile(upload.path))
+                    data = _read_member(archives[upload.path], upload)
+                decoded.append((upload.name, decode_upload(data, limits)))
+            except ChordError as exc:
+                decoded.append((upload.name, exc))
     return decoded
+
+
+def _read_member(archive: zipfile.ZipFile, upload: _Upload) -> bytes:
+    """A zip member's bytes, reading at most one byte past the size its directory declares."""
+    try:
+        with archive.open(upload.member) as stream:
+            data = stream.read(upload.declared_bytes + 1)
+    except (zipfile.BadZipFile, RuntimeError, OSError, EOFError, zlib.error) as exc:
+        raise InvalidImage(f"could not unpack {upload.member}: {exc}") from None
+    if len(data) > upload.declared_bytes:
+        raise PayloadTooLarge(
+            f"{upload.member} unpacks to more than the {upload.declared_bytes} bytes its zip declares"
+        )
+    return data
 
 
 def _annotate(image: Image.Image, record: dict) -> Image.Image:
@@ -145,14 +202,10 @@ def _write_exports(records: list[dict], phrases: tuple[str, ...]) -> list[str]:
     return [str(jsonl), str(coco)]
 
 
-def _write_video_outputs(frames: list[dict], images: list[Image.Image], fps: float) -> tuple[str, str]:
-    folder = Path(tempfile.mkdtemp(prefix="chord-video-"))
-    with AnnotatedVideo(folder / "annotated.mp4", fps) as video:
-        for frame, image in zip(frames, images, strict=True):
-            video.add(_annotate(image, frame))
-    jsonl = folder / "frames.jsonl"
-    jsonl.write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in frames), encoding="utf-8")
-    return str(folder / "annotated.mp4"), str(jsonl)
+def _annotate_chunk(video: AnnotatedVideo, chunk: list[tuple[SampledFrame, dict]]) -> None:
+    """One chunk of grounded frames drawn and appended to the annotated MP4 (boxes in the frames' own images)."""
+    for frame, result in chunk:
+        video.add(_annotate(frame.image, result))
 
 
 def build_batch_tab(service: GroundingService) -> None:
