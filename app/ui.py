@@ -15,18 +15,15 @@ import gradio as gr
 from PIL import Image
 
 from app.demo.examples import write_demo_examples
-from app.drawing import draw_result
 from app.errors import ChordError
-from app.fonts import label_font
 from app.options import GroundingOptions
 from app.result import GroundingResult
 from app.server.client_files import read_cached_upload
 from app.server.errors import MissingImage
 from app.server.records import RequestRecord
 from app.server.service import GroundingService
-from app.tiling import rescale_result
-from app.ui_media import SCHEDULER_DECIDES, build_batch_tab, build_video_tab
-from app.uploads import FittedImage, UploadLimits, decode_upload
+from app.ui_media import SCHEDULER_DECIDES, annotate, build_batch_tab, build_video_tab
+from app.uploads import UploadLimits, decode_upload
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +75,7 @@ class ChordUI:
             )
             data = await read_cached_upload(image, self.service.settings.max_upload_bytes)
             result = await self.service.ground_upload(data, phrases, record, options)
-            decoded = await anyio.to_thread.run_sync(open_for_drawing, data, self.service.upload_limits)
-            annotated = await anyio.to_thread.run_sync(_annotate, decoded, result)
+            annotated = await anyio.to_thread.run_sync(drawn, data, self.service.upload_limits, result)
         except ChordError as exc:
             record.finish(metrics, exc.status, exc.code)
             raise gr.Error(exc.message, title="Could not ground") from None
@@ -123,17 +119,9 @@ def _escape_markdown(text: str) -> str:
     return "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in text)
 
 
-def open_for_drawing(data: bytes, limits: UploadLimits) -> FittedImage:
-    """The upload decoded again to draw on (no larger than DRAWING_MAX_SIDE)."""
-    return decode_upload(data, limits, DRAWING_MAX_SIDE)
-
-
-def _annotate(picture: FittedImage, result: GroundingResult) -> Image.Image:
-    image = picture.image
-    if image.size != picture.original_wh:
-        result = rescale_result(result, image.size)
-    font = label_font(max(12, min(image.size) // 30))
-    return draw_result(image, result.boxes, result.labels, result.scores, result.points, result.point_labels, font)
+def drawn(data: bytes, limits: UploadLimits, result: GroundingResult) -> Image.Image:
+    """The result drawn on the upload, decoded again no larger than DRAWING_MAX_SIDE."""
+    return annotate(decode_upload(data, limits, DRAWING_MAX_SIDE), result)
 
 
 def _latency_text(result: GroundingResult, record: RequestRecord) -> str:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import tempfile
 import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -15,20 +19,22 @@ from PIL import Image
 from app.batch.coco import to_coco
 from app.batch.files import IMAGE_EXTENSIONS
 from app.batch.runner import image_record
-from app.batch.video import AnnotatedVideo
+from app.batch.video import AnnotatedVideo, SampledFrame
 from app.drawing import draw_result
 from app.errors import ChordError, InvalidImage, InvalidRequest
 from app.fonts import label_font
 from app.options import GroundingOptions
-from app.server.errors import MissingImage, as_chord_error
+from app.result import GroundingResult
+from app.server.client_files import check_cached_file, upload_folder
+from app.server.errors import MissingImage, error_body
 from app.server.records import RequestRecord
 from app.server.routes_video import ground_clip
 from app.server.service import GroundingService
-from app.uploads import UploadLimits, decode_upload
+from app.tiling import rescale_result
+from app.uploads import FittedImage, PayloadTooLarge, UploadLimits, decode_upload
 
 logger = logging.getLogger(__name__)
 
-MAX_ZIP_MEMBER_BYTES = 64 * 1024 * 1024
 THUMBNAIL_WH = (480, 480)
 
 # Gradio runs each event listener one call at a time unless told otherwise. Grounding events go
@@ -48,24 +54,23 @@ class MediaUI:
         record = RequestRecord(endpoint="gradio:/ground_batch")
         try:
             phrases = self.service.phrases(phrase, record)
-            named = await anyio.to_thread.run_sync(_read_uploads, files or [])
-            if not named:
-                raise MissingImage("Add images first: several image files, or a zip of them.")
-            limit = self.service.settings.max_queue
-            if len(named) > limit:
-                raise InvalidRequest(f"At most MAX_QUEUE={limit} images at once; got {len(named)}.")
-            limits = UploadLimits(self.service.settings.max_upload_bytes, self.service.settings.max_image_pixels)
-            decoded = await anyio.to_thread.run_sync(_decode_all, named, limits)
-            readable = [image for _, image in decoded if not isinstance(image, ChordError)]
-            outcomes = iter(await self.service.ground_many(readable, phrases, GroundingOptions()))
+            settings = self.service.settings
+            limits = UploadLimits(settings.max_upload_bytes, settings.max_image_pixels)
+            listed = await anyio.to_thread.run_sync(
+                _list_uploads, files or [], settings.max_queue, limits, settings.max_batch_size
+            )
+            named = await anyio.to_thread.run_sync(_read_all, listed, limits)
+            items = [(data, phrases) for _, data in named if isinstance(data, bytes)]
+            outcomes = iter(await self.service.ground_uploads(items, GroundingOptions(), record.request_id))
             records, gallery = [], []
-            for name, image in decoded:
-                outcome = image if isinstance(image, ChordError) else next(outcomes)
-                result = as_chord_error(outcome).to_dict() if isinstance(outcome, BaseException) else outcome.to_dict()
-                records.append(image_record(name, phrases, result))
-                if not isinstance(image, ChordError) and "error" not in result:
-                    caption = f"{name} · {len(result['boxes'])} boxes"
-                    gallery.append((_thumbnail(_annotate(image, records[-1])), caption))
+            for name, data in named:
+                outcome = data if isinstance(data, ChordError) else next(outcomes)
+                if isinstance(outcome, GroundingResult):
+                    records.append(image_record(name, phrases, outcome.to_dict()))
+                    thumbnail = await anyio.to_thread.run_sync(_thumbnail, data, limits, outcome)
+                    gallery.append((thumbnail, f"{name} · {len(outcome.boxes)} boxes"))
+                else:
+                    records.append(image_record(name, phrases, error_body(outcome, record.request_id)))
             downloads = await anyio.to_thread.run_sync(_write_exports, records, phrases)
         except ChordError as exc:
             record.finish(self.service.metrics, exc.status, exc.code)
@@ -84,57 +89,129 @@ class MediaUI:
             phrases = self.service.phrases(phrase, record)
             if not video:
                 raise MissingImage("Add a video first.")
-            images: list[Image.Image] = []
-            frames = await ground_clip(self.service, str(video), phrases, float(fps), keep_images=images)
-            paths = await anyio.to_thread.run_sync(_write_video_outputs, frames, images, float(fps))
+            folder = Path(tempfile.mkdtemp(prefix="chord-video-"))
+            # The upload Gradio stored is opened here; FFmpeg only ever sees the file object.
+            with open(video, "rb") as media, AnnotatedVideo(folder / "annotated.mp4", float(fps)) as annotated:
+                on_chunk = functools.partial(_annotate_chunk, annotated)
+                frames = await ground_clip(self.service, media, phrases, float(fps), GroundingOptions(), on_chunk)
+            jsonl = folder / "frames.jsonl"
+            lines = "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in frames)
+            await anyio.to_thread.run_sync(functools.partial(jsonl.write_text, lines, encoding="utf-8"))
         except ChordError as exc:
             record.finish(self.service.metrics, exc.status, exc.code)
             raise gr.Error(exc.message, title="Could not ground") from None
         record.boxes = sum(len(f["boxes"]) for f in frames)
         record.finish(self.service.metrics, 200)
-        return paths[0], frames, paths[1], f"{len(frames)} frames at {fps:g} fps, {record.boxes} boxes"
+        summary = f"{len(frames)} frames at {fps:g} fps, {record.boxes} boxes"
+        return str(folder / "annotated.mp4"), frames, str(jsonl), summary
 
 
-def _read_uploads(files: list[str]) -> list[tuple[str, bytes]]:
-    """(name, bytes) of every uploaded image, a zip's images included (read in memory, never extracted)."""
-    named: list[tuple[str, bytes]] = []
+@dataclass(frozen=True)
+class _Upload:
+    """One image to read: an uploaded file, or a member of an uploaded zip (``member`` its name there)."""
+
+    name: str
+    path: Path
+    member: str | None = None
+    declared_bytes: int = 0
+
+
+def _list_uploads(files: list[str], max_images: int, limits: UploadLimits, max_batch_size: int) -> list[_Upload]:
+    """Every uploaded image, a zip's images from its central directory alone: counted and sized before any
+    member is read (a few hundred KB of zip may unpack to gigabytes)."""
+    listed: list[_Upload] = []
     for file in files:
         path = Path(file)
         if path.suffix.lower() != ".zip":
-            named.append((path.name, path.read_bytes()))
+            listed.append(_Upload(path.name, path))
             continue
         try:
             with zipfile.ZipFile(path) as archive:
-                for member in sorted(archive.infolist(), key=lambda m: m.filename):
-                    if member.is_dir() or Path(member.filename).suffix.lower() not in IMAGE_EXTENSIONS:
-                        continue
-                    if member.file_size > MAX_ZIP_MEMBER_BYTES:
-                        raise InvalidImage(f"{member.filename} in {path.name} is larger than 64 MiB")
-                    named.append((f"{path.name}/{member.filename}", archive.read(member)))
-        except zipfile.BadZipFile:
+                members = sorted(archive.infolist(), key=lambda m: m.filename)
+        except (zipfile.BadZipFile, OSError):
             raise InvalidImage(f"{path.name} is not a zip file Chord can read") from None
+        for member in members:
+            if member.is_dir() or Path(member.filename).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if member.file_size > limits.max_bytes:
+                raise PayloadTooLarge(
+                    f"{member.filename} in {path.name} unpacks to {member.file_size / 1e6:.1f} MB; the limit per "
+                    f"image is {limits.max_bytes / 1e6:.1f} MB (MAX_UPLOAD_BYTES)"
+                )
+            listed.append(_Upload(f"{path.name}/{member.filename}", path, member.filename, member.file_size))
+        if len(listed) > max_images:  # before the next zip's directory is even read
+            break
+    if not listed:
+        raise MissingImage("Add images first: several image files, or a zip of them.")
+    if len(listed) > max_images:
+        raise InvalidRequest(f"At most MAX_QUEUE={max_images} images at once; got {len(listed)} or more.")
+    total, most = sum(u.declared_bytes for u in listed), limits.max_bytes * max_batch_size
+    if total > most:
+        raise PayloadTooLarge(
+            f"the zip files unpack to {total / 1e6:.1f} MB; the limit is {most / 1e6:.1f} MB "
+            "(MAX_UPLOAD_BYTES x MAX_BATCH_SIZE): send fewer or smaller images"
+        )
+    return listed
+
+
+def _read_all(listed: list[_Upload], limits: UploadLimits) -> list[tuple[str, bytes | ChordError]]:
+    """Each upload's bytes, read one at a time in memory (a zip is never extracted); failures stay per item."""
+    named: list[tuple[str, bytes | ChordError]] = []
+    folder = upload_folder()
+    with contextlib.ExitStack() as stack:
+        archives: dict[Path, zipfile.ZipFile] = {}
+        for upload in listed:
+            try:
+                path = check_cached_file(str(upload.path), folder)
+                if upload.member is None:
+                    data = _read_capped(path, limits.max_bytes)
+                else:
+                    if path not in archives:
+                        archives[path] = stack.enter_context(zipfile.ZipFile(path))
+                    data = _read_member(archives[path], upload)
+                named.append((upload.name, data))
+            except ChordError as exc:
+                named.append((upload.name, exc))
     return named
 
 
-def _decode_all(named: list[tuple[str, bytes]], limits: UploadLimits) -> list[tuple[str, Image.Image | ChordError]]:
-    """Each upload checked and decoded like any other (app/uploads.py); failures stay per item."""
-    decoded: list[tuple[str, Image.Image | ChordError]] = []
-    for name, data in named:
-        try:
-            decoded.append((name, decode_upload(data, limits).image))
-        except ChordError as exc:
-            decoded.append((name, exc))
-    return decoded
+def _read_capped(path: Path, limit: int) -> bytes:
+    with open(path, "rb") as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"{path.name} is larger than {limit / 1e6:.1f} MB (MAX_UPLOAD_BYTES)")
+    return data
 
 
-def _annotate(image: Image.Image, record: dict) -> Image.Image:
+def _read_member(archive: zipfile.ZipFile, upload: _Upload) -> bytes:
+    """A zip member's bytes, reading at most one byte past the size its directory declares."""
+    try:
+        with archive.open(upload.member) as stream:
+            data = stream.read(upload.declared_bytes + 1)
+    except (zipfile.BadZipFile, RuntimeError, OSError, EOFError, zlib.error) as exc:
+        raise InvalidImage(f"could not unpack {upload.member}: {exc}") from None
+    if len(data) > upload.declared_bytes:
+        raise PayloadTooLarge(
+            f"{upload.member} unpacks to more than the {upload.declared_bytes} bytes its zip declares"
+        )
+    return data
+
+
+def annotate(picture: FittedImage, result: GroundingResult) -> Image.Image:
+    """The result drawn on a decoded upload (its boxes scaled when the picture was fitted smaller)."""
+    if picture.image.size != picture.original_wh:
+        result = rescale_result(result, picture.image.size)
+    return _draw(picture.image, result.to_dict())
+
+
+def _draw(image: Image.Image, result: dict) -> Image.Image:
     font = label_font(max(12, min(image.size) // 30))
-    return draw_result(image, record["boxes"], record["labels"], record["scores"], font=font)
+    return draw_result(image, result["boxes"], result["labels"], result["scores"], result.get("points", ()),
+                       result.get("point_labels", ()), font)  # fmt: skip
 
 
-def _thumbnail(image: Image.Image) -> Image.Image:
-    image.thumbnail(THUMBNAIL_WH)
-    return image
+def _thumbnail(data: bytes, limits: UploadLimits, result: GroundingResult) -> Image.Image:
+    return annotate(decode_upload(data, limits, max(THUMBNAIL_WH)), result)
 
 
 def _write_exports(records: list[dict], phrases: tuple[str, ...]) -> list[str]:
@@ -146,14 +223,10 @@ def _write_exports(records: list[dict], phrases: tuple[str, ...]) -> list[str]:
     return [str(jsonl), str(coco)]
 
 
-def _write_video_outputs(frames: list[dict], images: list[Image.Image], fps: float) -> tuple[str, str]:
-    folder = Path(tempfile.mkdtemp(prefix="chord-video-"))
-    with AnnotatedVideo(folder / "annotated.mp4", fps) as video:
-        for frame, image in zip(frames, images, strict=True):
-            video.add(_annotate(image, frame))
-    jsonl = folder / "frames.jsonl"
-    jsonl.write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in frames), encoding="utf-8")
-    return str(folder / "annotated.mp4"), str(jsonl)
+def _annotate_chunk(video: AnnotatedVideo, chunk: list[tuple[SampledFrame, dict]]) -> None:
+    """One chunk of grounded frames drawn and appended to the annotated MP4 (boxes in the frames' own images)."""
+    for frame, result in chunk:
+        video.add(_draw(frame.image, result))
 
 
 def build_batch_tab(service: GroundingService) -> None:

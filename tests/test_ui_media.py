@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
-from test_video import make_video
+from gradio_client.exceptions import AppError
+from test_video import make_video, secret_and_playlists
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +47,16 @@ def test_video_tab_returns_frames_an_annotated_video_and_frames_jsonl(client, tm
     assert [f["timestamp"] for f in frames] == [0.0, 0.5, 1.0, 1.5]
     assert len(Path(download).read_text().splitlines()) == 4
     assert Path(annotated["video"] if isinstance(annotated, dict) else annotated).stat().st_size > 0
+
+
+def test_video_tab_refuses_playlists_without_reading_what_they_name(client, tmp_path):
+    clip = make_video(tmp_path / "shapes.mp4", seconds=2)
+    token, pointers = secret_and_playlists(tmp_path, clip)
+    for name, path in pointers.items():
+        with pytest.raises(AppError) as refused:
+            client.predict(handle_file(str(path)), "the red square", 1, api_name="/ground_video")
+        assert "not a video Chord can decode" in str(refused.value), name
+        assert token not in str(refused.value) and str(tmp_path) not in str(refused.value)
 
 
 def test_the_image_tab_api_is_unchanged(client):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from app.batch.video import AnnotatedVideo, sample_frames
 from app.errors import InvalidVideo, VideoTooLong
+from app.uploads import ImageTooLarge
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,6 +65,59 @@ def test_sample_frames_caps_and_bad_input(clip, tmp_path):
         list(sample_frames(tmp_path / "notes.mp4", 1))
     with pytest.raises(ValueError, match="fps"):
         list(sample_frames(clip, 0))
+
+
+def secret_and_playlists(folder: Path, clip: Path) -> tuple[str, dict[str, Path]]:
+    """A secret (a token in a text file, and a clip FFmpeg would decode) and files that point FFmpeg at them."""
+    token = "CHORD-SECRET-7f3a9c"
+    secret = folder / "secret.txt"
+    secret.write_text(f"{token}\n")
+    segment = "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:3,\nfile://{}\n#EXT-X-ENDLIST\n"
+    files = {
+        "clip.m3u8": segment.format(clip),  # a playlist whose segment is a server-side video
+        "text.m3u8": segment.format(secret),  # ... or any server-side file
+        "list.ffconcat": f"ffconcat version 1.0\nfile '{clip}'\n",  # the concat demuxer
+    }
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return token, {name: folder / name for name in files}
+
+
+def test_playlists_and_lists_naming_other_files_are_refused(clip, tmp_path):
+    token, pointers = secret_and_playlists(tmp_path, clip)
+    for name, path in pointers.items():
+        for source in (path, io.BytesIO(path.read_bytes())):  # a path we open ourselves (UI, CLI), bytes (REST)
+            with pytest.raises(InvalidVideo) as refused:
+                list(sample_frames(source, 1))
+            assert token not in refused.value.message and str(tmp_path) not in refused.value.message, name
+
+
+def test_frames_are_decoded_small_and_keep_their_size(clip):
+    frames = list(sample_frames(clip, 1, max_side=80))
+    assert [f.image.size for f in frames] == [(80, 60)] * 3  # scaled by FFmpeg, aspect kept
+    assert [f.image_wh for f in frames] == [(160, 120)] * 3  # the frame as the video holds it
+
+
+@pytest.mark.parametrize(
+    ("fps", "max_image_pixels", "max_side", "error", "words"),
+    [
+        (1, 160 * 120 - 1, None, ImageTooLarge, "160x120 = 0.0192 megapixels"),  # a frame over MAX_IMAGE_PIXELS
+        (2, 160 * 120, None, VideoTooLong, "at least 6 frames of 160x120"),  # 6 frames > MAX_REQUEST_PIXELS
+        (10, 160 * 120, 80, VideoTooLong, "26 frames of 80x60"),  # counted at the decoded size
+        (1, 160 * 120, None, None, ""),  # 3 frames: within the budget
+        (2, 160 * 120, 80, None, ""),  # 6 frames of 80x60: within the budget
+    ],
+)
+def test_pixel_caps_are_checked_before_decoding(clip, fps, max_image_pixels, max_side, error, words):
+    caps = {"max_image_pixels": max_image_pixels, "max_side": max_side, "max_request_pixels": 4 * 160 * 120}
+    if error is None:
+        assert list(sample_frames(clip, fps, **caps))
+        return
+    frames = sample_frames(clip, fps, **caps)
+    limit = "MAX_IMAGE_PIXELS" if error is ImageTooLarge else "MAX_REQUEST_PIXELS"
+    with pytest.raises(error, match=limit) as refused:
+        next(frames)  # refused before the first frame is decoded
+    assert words in refused.value.message
 
 
 @pytest.mark.slow
@@ -127,3 +182,13 @@ def test_video_endpoint_enforces_its_caps_with_413(server, clip, tmp_path):
     not_video.write_text("not a video")
     refused = _post_video(server, not_video, fps="1")
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_video"
+
+
+@pytest.mark.slow
+def test_video_endpoint_refuses_playlists_without_reading_what_they_name(server, clip, tmp_path):
+    token, pointers = secret_and_playlists(tmp_path, clip)
+    for name, path in pointers.items():
+        refused = _post_video(server, path, fps="1")
+        assert refused.status_code == 400, (name, refused.text)
+        assert refused.json()["error"]["code"] == "invalid_video"
+        assert token not in refused.text and str(tmp_path) not in refused.text

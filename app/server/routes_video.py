@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import io
+import functools
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 import anyio
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import BaseModel, Field
 
-from app.batch.video import frame_record, sample_frames
+from app.batch.video import SampledFrame, frame_record, sample_frames
 from app.errors import InvalidVideo
 from app.options import GroundingOptions
 from app.server.routes_api import RecordedRoute
 from app.server.schemas import MAX_NEW_TOKENS_HELP, PROMPT_HELP, SCORE_THRESHOLD_HELP, error_responses
 from app.server.service import GroundingService
+from app.tiling import rescale_result
 
 VIDEO_ERRORS = error_responses(
     "invalid_video",
     "video_too_long",
+    "image_too_large",
     "empty_prompt",
     "invalid_request",
     "model_loading",
@@ -51,7 +55,9 @@ router = APIRouter(prefix="/api", tags=["grounding"], route_class=RecordedRoute)
 @router.post("/ground/video", response_model=VideoResponse, responses=VIDEO_ERRORS)
 async def ground_video(
     request: Request,
-    video: UploadFile = File(..., description="A short video (MP4, MOV, WebM, MKV, ...), at most VIDEO_MAX_SECONDS."),
+    video: UploadFile = File(
+        ..., description="A short video (MP4, MOV, 3GP, MKV, WebM, AVI), at most VIDEO_MAX_SECONDS."
+    ),
     prompt: str = Form(..., description=PROMPT_HELP, examples=["the forklift"]),
     fps: float = Form(1.0, gt=0, le=30, description="Frames to sample per second of video.", examples=[1.0]),
     max_new_tokens: int | None = Form(None, ge=1, le=2048, description=MAX_NEW_TOKENS_HELP, examples=[256]),
@@ -59,43 +65,82 @@ async def ground_video(
 ) -> dict:
     """Sample a short video at ``fps`` frames per second and find the prompt's objects in each frame.
 
-    Longer than VIDEO_MAX_SECONDS, or more than VIDEO_MAX_FRAMES sampled frames, is refused with 413.
+    Longer than VIDEO_MAX_SECONDS, more than VIDEO_MAX_FRAMES sampled frames, frames over MAX_IMAGE_PIXELS, or
+    sampled frames holding more than MAX_REQUEST_PIXELS pixels in all, is refused with 413.
     """
     phrases = request.app.state.service.phrases(prompt, request.state.record)
-    data = await video.read()
-    if not data:
+    if not video.size:
         raise InvalidVideo("the video is empty: send the video file's bytes as the 'video' field")
     service: GroundingService = request.app.state.service
-    frames = await ground_clip(service, data, phrases, fps, max_new_tokens, score_threshold)
+    options = GroundingOptions(max_new_tokens, score_threshold)
+    frames = await ground_clip(service, video.file, phrases, fps, options)
     request.state.record.boxes = sum(len(f.get("boxes", [])) for f in frames)
     return {"phrases": list(phrases), "fps": fps, "frames": frames}
 
 
+# Decoded pixels held at once: about 150 MB of RGB frames (and what the processor makes of them); at least a frame.
+CHUNK_PIXELS = 48_000_000
+
+# A chunk of frames, with each frame's answer in pixels of the frame's (possibly smaller) image.
+ChunkHandler = Callable[[list[tuple[SampledFrame, dict]]], None]
+
+
 async def ground_clip(
     service: GroundingService,
-    source: bytes | str,
+    media: BinaryIO,
     phrases: tuple[str, ...],
     fps: float,
-    max_new_tokens: int | None = None,
-    score_threshold: float = 0.0,
-    keep_images: list | None = None,
+    options: GroundingOptions,
+    on_chunk: ChunkHandler | None = None,
 ) -> list[dict]:
     """Frame records of a clip (within the server's caps); the first frame that fails fails the request.
 
-    With ``keep_images`` (a list), the sampled frames' images are appended to it, in order.
+    Frames are decoded, grounded and let go a chunk at a time: at most MAX_BATCH_SIZE frames, and no more
+    decoded pixels than CHUNK_PIXELS unless a single frame is that large. ``on_chunk`` (run
+    off the event loop) sees each chunk's frames before they are let go. Boxes come back in pixels of the
+    frames as the video holds them.
     """
     settings = service.settings
+    caps = (settings.video_max_seconds, settings.video_max_frames, settings.max_image_pixels, settings.max_image_side,
+            settings.max_request_pixels)  # fmt: skip
+    frames = sample_frames(media, fps, *caps)
+    take = functools.partial(_next_chunk, frames, settings.max_batch_size, CHUNK_PIXELS)
+    records: list[dict] = []
+    try:
+        while True:
+            grounded = await _ground_chunk(service, take, phrases, options, on_chunk)
+            if grounded is None:
+                break
+            records += grounded
+    finally:
+        await anyio.to_thread.run_sync(frames.close)
+    return records
 
-    def sample() -> list:
-        media = io.BytesIO(source) if isinstance(source, bytes) else source
-        return list(sample_frames(media, fps, settings.video_max_seconds, settings.video_max_frames))
 
-    frames = await anyio.to_thread.run_sync(sample)
-    options = GroundingOptions(max_new_tokens, score_threshold)
-    outcomes = await service.ground_many([f.image for f in frames], phrases, options)
+async def _ground_chunk(service, take, phrases, options, on_chunk) -> list[dict] | None:
+    """The next chunk's frame records (None when no frame is left); its images are let go on return."""
+    chunk = await anyio.to_thread.run_sync(take)
+    if not chunk:
+        return None
+    outcomes = await service.ground_many([f.image for f in chunk], phrases, options)
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
-    if keep_images is not None:
-        keep_images.extend(f.image for f in frames)
-    return [frame_record(frame, outcome.to_dict()) for frame, outcome in zip(frames, outcomes, strict=True)]
+    if on_chunk is not None:
+        await anyio.to_thread.run_sync(on_chunk, [(f, o.to_dict()) for f, o in zip(chunk, outcomes, strict=True)])
+    return [
+        frame_record(frame, rescale_result(outcome, frame.image_wh).to_dict())
+        for frame, outcome in zip(chunk, outcomes, strict=True)
+    ]
+
+
+def _next_chunk(frames: Iterator[SampledFrame], max_frames: int, max_pixels: int) -> list[SampledFrame]:
+    """Up to ``max_frames`` frames holding at most ``max_pixels`` pixels (always one, if any is left)."""
+    chunk: list[SampledFrame] = []
+    pixels = 0
+    for frame in frames:
+        chunk.append(frame)
+        pixels += frame.image.width * frame.image.height
+        if len(chunk) == max_frames or pixels + pixels // len(chunk) > max_pixels:
+            break
+    return chunk
