@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from app.geometry import Box, Point, scale_box, scale_point, to_pixel_box, to_pixel_point
 from app.result import GroundingResult
@@ -11,6 +11,25 @@ from app.result import GroundingResult
 TILE_OVERLAP = 0.2
 # Qwen's processors refuse images more than 200 times longer than wide; pad well before that.
 MAX_ASPECT = 150
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How large an image is kept for the model: the longer side at most ``max_side`` and, where given,
+    the area at most ``max_area`` (the processor shrinks anything larger than its MAX_PIXELS anyway)."""
+
+    max_side: int
+    max_area: int | None = None
+
+    def wh(self, image_wh: tuple[int, int]) -> tuple[int, int] | None:
+        """The size to shrink an image to; None if it already fits."""
+        w, h = image_wh
+        scale = self.max_side / max(w, h)
+        if self.max_area is not None:
+            scale = min(scale, math.sqrt(self.max_area / (w * h)))
+        if scale >= 1:
+            return None
+        return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 def downscaled_wh(image_wh: tuple[int, int], max_side: int) -> tuple[int, int] | None:

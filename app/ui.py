@@ -22,6 +22,7 @@ from app.server.client_files import read_cached_upload
 from app.server.errors import MissingImage
 from app.server.records import RequestRecord
 from app.server.service import GroundingService
+from app.tiling import Fit
 from app.ui_media import SCHEDULER_DECIDES, annotate, build_batch_tab, build_video_tab
 from app.uploads import UploadLimits, decode_upload
 
@@ -121,7 +122,7 @@ def _escape_markdown(text: str) -> str:
 
 def drawn(data: bytes, limits: UploadLimits, result: GroundingResult) -> Image.Image:
     """The result drawn on the upload, decoded again no larger than DRAWING_MAX_SIDE."""
-    return annotate(decode_upload(data, limits, DRAWING_MAX_SIDE), result)
+    return annotate(decode_upload(data, limits, Fit(DRAWING_MAX_SIDE)), result)
 
 
 def _latency_text(result: GroundingResult, record: RequestRecord) -> str:

@@ -30,7 +30,7 @@ from app.server.errors import MissingImage, error_body
 from app.server.records import RequestRecord
 from app.server.routes_video import ground_clip
 from app.server.service import GroundingService
-from app.tiling import rescale_result
+from app.tiling import Fit, rescale_result
 from app.uploads import FittedImage, PayloadTooLarge, UploadLimits, decode_upload
 
 logger = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def _draw(image: Image.Image, result: dict) -> Image.Image:
 
 
 def _thumbnail(data: bytes, limits: UploadLimits, result: GroundingResult) -> Image.Image:
-    return annotate(decode_upload(data, limits, max(THUMBNAIL_WH)), result)
+    return annotate(decode_upload(data, limits, Fit(max(THUMBNAIL_WH))), result)
 
 
 def _write_exports(records: list[dict], phrases: tuple[str, ...]) -> list[str]:

@@ -17,7 +17,7 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 
 from app.errors import ChordError, InvalidImage, InvalidRequest
 from app.images import to_model_rgb
-from app.tiling import downscaled_wh
+from app.tiling import Fit
 
 ACCEPTED_FORMATS = {
     "JPEG": "JPEG",
@@ -129,12 +129,12 @@ def read_header(data: bytes, limits: UploadLimits) -> Image.Image:
     return image
 
 
-def decode_upload(data: bytes, limits: UploadLimits, max_side: int | None = None) -> FittedImage:
-    """The upright RGB first frame of an upload, decoded straight to a longer side of at most ``max_side``.
+def decode_upload(data: bytes, limits: UploadLimits, fit: Fit | None = None) -> FittedImage:
+    """The upright RGB first frame of an upload, decoded straight to the size ``fit`` allows.
 
     JPEG decodes at a reduced scale (``draft``) and WebP through FFmpeg's scaler where they can,
     so a huge image never exists at full size in memory; every other format is decoded whole and
-    shrunk at once. ``max_side=None`` keeps every pixel (tiling needs them).
+    shrunk at once. ``fit=None`` keeps every pixel (tiling needs them).
     """
     image = read_header(data, limits)
     try:
@@ -143,7 +143,7 @@ def decode_upload(data: bytes, limits: UploadLimits, max_side: int | None = None
         transpose = None
     swapped = transpose in _SWAPS_AXES
     upright_wh = image.size[::-1] if swapped else image.size
-    target_wh = downscaled_wh(upright_wh, max_side) if max_side else None
+    target_wh = fit.wh(upright_wh) if fit else None
     try:
         decoded = _decode_reduced(data, image, target_wh[::-1] if target_wh and swapped else target_wh)
         if decoded is None:

@@ -6,13 +6,53 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class PeakRss:
+    """Samples the summed RSS of a process and its children (the model process) every 50 ms in a ``with`` block."""
+
+    def __init__(self, pid: int, interval_s: float = 0.05):
+        self.process = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.baseline = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _rss(self) -> int:
+        total = 0
+        for process in [self.process, *self.process.children(recursive=True)]:
+            try:
+                total += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.interval_s)
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.baseline) / 2**20
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ of the server and the model process every 50 ms while one request runs; the peak
 
 from __future__ import annotations
 
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -14,10 +13,9 @@ from pathlib import Path
 import av
 import httpx
 import numpy as np
-import psutil
 import pytest
 from gradio_client import Client, handle_file
-from live_server import start_server
+from live_server import PeakRss, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -39,44 +37,6 @@ def make_big_video(path: Path, image_wh: tuple[int, int] = (4096, 4096), frames:
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return path
-
-
-class PeakRss:
-    """Samples the summed RSS of a process and its children every 50 ms while in the ``with`` block."""
-
-    def __init__(self, pid: int, interval_s: float = 0.05):
-        self.process = psutil.Process(pid)
-        self.interval_s = interval_s
-        self.baseline = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _rss(self) -> int:
-        total = 0
-        for process in [self.process, *self.process.children(recursive=True)]:
-            try:
-                total += process.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-        return total
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
-            time.sleep(self.interval_s)
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.baseline) / MB
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
 
 
 @pytest.fixture(scope="module")
@@ -105,39 +65,40 @@ def _post(server, path: Path, fps: float) -> httpx.Response:
 
 def test_a_4096_square_video_is_decoded_small_and_in_chunks(own_server, big_video):
     assert big_video.stat().st_size < 1 * MB
-    with PeakRss(own_server.process.pid) as all_frames:
-        refused = _post(own_server, big_video, fps=10)  # 30 frames of 16.8 megapixels
-    with PeakRss(own_server.process.pid) as half:
-        answered = _post(own_server, big_video, fps=5)  # 15 frames: within the request's pixel budget
+    with PeakRss(own_server.process.pid) as peak:
+        answered = _post(own_server, big_video, fps=10)  # all 30 frames of 16.8 megapixels
     size_kb = big_video.stat().st_size // 1024
-    print(f"\n4096x4096 video of {size_kb} KB, peak RSS growth of server + model process: "
-          f"{all_frames.growth_mb:.0f} MB for 30 frames ({refused.status_code}), "
-          f"{half.growth_mb:.0f} MB for 15 frames ({answered.status_code})")  # fmt: skip
-    assert all_frames.growth_mb <= 1024 and half.growth_mb <= 1024
-    assert refused.status_code == 413, refused.text
-    error = refused.json()["error"]
-    assert error["code"] == "video_too_long"
-    assert "megapixels" in error["message"] and "MAX_IMAGE_PIXELS" in error["message"] and "fps" in error["message"]
+    print(f"\n4096x4096 video of {size_kb} KB, 30 frames: peak RSS growth of server + model process "
+          f"{peak.growth_mb:.0f} MB ({answered.status_code})")  # fmt: skip
+    assert peak.growth_mb <= 1024
     assert answered.status_code == 200, answered.text
     frames = answered.json()["frames"]
-    assert [f["frame_index"] for f in frames] == list(range(0, 30, 2))
+    assert [f["frame_index"] for f in frames] == list(range(30))
     assert all(f["image_size"] == [4096, 4096] for f in frames)  # boxes are in the frame's own pixels
     assert all(0 <= v <= 4096 for f in frames for box in f["boxes"] for v in box)
     assert httpx.get(f"{own_server.url}/health", timeout=10).status_code == 200
 
 
-def test_a_frame_over_max_image_pixels_is_refused_before_decoding(tiny_checkpoint, tmp_path):
-    clip = make_big_video(tmp_path / "wide.mp4", image_wh=(2048, 1024), frames=3)
-    live = start_server(tiny_checkpoint, tmp_path, MAX_IMAGE_PIXELS="1000000")
+def test_frames_over_the_pixel_caps_are_refused_before_decoding(tiny_checkpoint, tmp_path):
+    wide = make_big_video(tmp_path / "wide.mp4", image_wh=(2048, 1024), frames=30)  # 3 s
+    square = make_big_video(tmp_path / "square.mp4", image_wh=(2048, 2048), frames=3)
+    # Each 2048x1024 frame is kept at 4 x MAX_PIXELS = 200704 pixels: 3 of them pass 500000.
+    live = start_server(tiny_checkpoint, tmp_path, MAX_IMAGE_PIXELS="3000000", MAX_REQUEST_PIXELS="500000")
     try:
         live.wait_for_health(200)
-        refused = _post(live, clip, fps=1)
+        too_big = _post(live, square, fps=1)
+        too_many = _post(live, wide, fps=1)
+        fine = _post(live, wide, fps=0.5)
     finally:
         live.stop()
-    assert refused.status_code == 413
-    error = refused.json()["error"]
-    assert error["code"] == "image_too_large" and "2048x1024" in error["message"]
+    assert too_big.status_code == 413
+    error = too_big.json()["error"]
+    assert error["code"] == "image_too_large" and "2048x2048" in error["message"]
     assert "MAX_IMAGE_PIXELS" in error["message"]
+    assert too_many.status_code == 413
+    error = too_many.json()["error"]
+    assert error["code"] == "video_too_long" and "MAX_REQUEST_PIXELS" in error["message"] and "fps" in error["message"]
+    assert fine.status_code == 200, fine.text
 
 
 def test_a_zip_bomb_is_refused_from_its_directory_before_any_member_is_read(own_server, sample_png, tmp_path):

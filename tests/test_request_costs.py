@@ -6,58 +6,18 @@ from __future__ import annotations
 import io
 import select
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
 import httpx
-import psutil
 import pytest
 from gradio_client import Client, handle_file
-from live_server import start_server
+from live_server import PeakRss, start_server
 from PIL import Image
 
 pytestmark = pytest.mark.slow
 MB = 1_000_000
-
-
-class PeakMemory:
-    """Samples the RSS of a server and its children (the model process) every 50 ms."""
-
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.baseline = self.rss()
-        self.peak = self.baseline
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def rss(self) -> int:
-        processes = [self.process, *self.process.children(recursive=True)]
-        total = 0
-        for process in processes:
-            try:
-                total += process.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-        return total
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            time.sleep(0.05)
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.baseline) / MB
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -86,7 +46,7 @@ def costs_server(tiny_checkpoint, tmp_path_factory):
 def test_four_huge_webps_in_one_batch_stay_within_a_gigabyte(costs_server):
     files = [("images", (f"big{i}.webp", huge_webp(i), "image/webp")) for i in range(4)]
     assert sum(len(f[1][1]) for f in files) < 4 * MB
-    with PeakMemory(costs_server.process.pid) as memory:
+    with PeakRss(costs_server.process.pid) as memory:
         response = httpx.post(f"{costs_server.url}/api/ground/batch", files=files, data={"prompt": "the square"},
                               timeout=300)  # fmt: skip
     print(f"four 10000x10000 WebPs in one batch: peak growth {memory.growth_mb:.0f} MB")
@@ -99,7 +59,7 @@ def test_four_huge_webps_in_one_batch_stay_within_a_gigabyte(costs_server):
 
 def test_more_pixels_than_one_request_may_bring_is_413_before_decoding(costs_server):
     files = [("images", (f"big{i}.webp", huge_webp(i), "image/webp")) for i in range(5)]  # 500 MP > 400 MP
-    with PeakMemory(costs_server.process.pid) as memory:
+    with PeakRss(costs_server.process.pid) as memory:
         response = httpx.post(f"{costs_server.url}/api/ground/batch", files=files, data={"prompt": "x"}, timeout=120)
     assert response.status_code == 413, response.text
     assert response.json()["error"]["code"] == "image_too_large"
@@ -157,7 +117,7 @@ def test_a_body_over_the_cap_is_refused_before_it_is_read(costs_server, declared
         pieces = (multipart_head(boundary) if i == 0 else b"\0" * MB for i in range(size // MB))
         chunks = (b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces)
     started = time.monotonic()
-    with PeakMemory(costs_server.process.pid) as memory:
+    with PeakRss(costs_server.process.pid) as memory:
         status, answer = raw_post(costs_server.url, "/api/ground", headers, chunks)
     print(f"300 MB body ({'declared' if declared else 'chunked'}): {status} after {time.monotonic() - started:.1f} s, "
           f"peak growth {memory.growth_mb:.0f} MB")  # fmt: skip

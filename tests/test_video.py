@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from app.batch.video import AnnotatedVideo, sample_frames
 from app.errors import InvalidVideo, VideoTooLong
+from app.tiling import Fit
 from app.uploads import ImageTooLarge
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +94,7 @@ def test_playlists_and_lists_naming_other_files_are_refused(clip, tmp_path):
 
 
 def test_frames_are_decoded_small_and_keep_their_size(clip):
-    frames = list(sample_frames(clip, 1, max_side=80))
+    frames = list(sample_frames(clip, 1, fit=Fit(80)))
     assert [f.image.size for f in frames] == [(80, 60)] * 3  # scaled by FFmpeg, aspect kept
     assert [f.image_wh for f in frames] == [(160, 120)] * 3  # the frame as the video holds it
 
@@ -109,7 +110,8 @@ def test_frames_are_decoded_small_and_keep_their_size(clip):
     ],
 )
 def test_pixel_caps_are_checked_before_decoding(clip, fps, max_image_pixels, max_side, error, words):
-    caps = {"max_image_pixels": max_image_pixels, "max_side": max_side, "max_request_pixels": 4 * 160 * 120}
+    fit = Fit(max_side) if max_side else None
+    caps = {"max_image_pixels": max_image_pixels, "fit": fit, "max_request_pixels": 4 * 160 * 120}
     if error is None:
         assert list(sample_frames(clip, fps, **caps))
         return

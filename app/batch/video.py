@@ -25,7 +25,7 @@ import av
 from PIL import Image
 
 from app.errors import InvalidVideo, VideoTooLong
-from app.tiling import downscaled_wh
+from app.tiling import Fit
 from app.uploads import ImageTooLarge
 
 # A duration a container reports may run a little past the last frame.
@@ -51,23 +51,21 @@ def sample_frames(
     max_seconds: float | None = None,
     max_frames: int | None = None,
     max_image_pixels: int | None = None,
-    max_side: int | None = None,
+    fit: Fit | None = None,
     max_request_pixels: int | None = None,
 ) -> Iterator[SampledFrame]:
     """Frames at about ``fps`` per second; VideoTooLong past ``max_seconds`` or ``max_frames`` samples.
 
     ``source`` is a local file the caller trusts (opened here) or a file object. With ``max_image_pixels``
     a frame larger than that is refused (ImageTooLarge); with ``max_request_pixels`` the sampled frames
-    together may hold at most that many (VideoTooLong); with ``max_side`` each frame is decoded with its
-    longer side at most ``max_side``.
+    together may hold at most that many (VideoTooLong); with ``fit`` each frame is decoded (by FFmpeg's
+    scaler) no larger than it allows.
     """
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
     if isinstance(source, str | Path):
         with open(source, "rb") as media:
-            yield from sample_frames(
-                media, fps, max_seconds, max_frames, max_image_pixels, max_side, max_request_pixels
-            )
+            yield from sample_frames(media, fps, max_seconds, max_frames, max_image_pixels, fit, max_request_pixels)
         return
     try:
         container = av.open(source, mode="r", container_options=LOCKED_DOWN)
@@ -78,7 +76,7 @@ def sample_frames(
             raise InvalidVideo("the file holds no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        budget = _PixelBudget(fps, max_image_pixels, max_side, max_request_pixels)
+        budget = _PixelBudget(fps, max_image_pixels, fit, max_request_pixels)
         budget.check_frame((stream.codec_context.width, stream.codec_context.height))
         duration = _duration_s(container, stream)
         if duration is not None:
@@ -111,16 +109,16 @@ def sample_frames(
 class _PixelBudget:
     """The pixel caps of one request: per frame as decoded, and summed over the sampled frames as grounded."""
 
-    def __init__(self, fps: float, max_image_pixels: int | None, max_side: int | None, total: int | None):
+    def __init__(self, fps: float, max_image_pixels: int | None, fit: Fit | None, total: int | None):
         self.fps = fps
         self.max_image_pixels = max_image_pixels
-        self.max_side = max_side
+        self.fit = fit
         self.total = total
         self.spent = 0
         self.frames = 0
 
     def target_wh(self, image_wh: tuple[int, int]) -> tuple[int, int]:
-        return (downscaled_wh(image_wh, self.max_side) if self.max_side else None) or image_wh
+        return (self.fit.wh(image_wh) if self.fit else None) or image_wh
 
     def check_frame(self, image_wh: tuple[int, int]) -> None:
         w, h = image_wh

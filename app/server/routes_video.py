@@ -101,7 +101,7 @@ async def ground_clip(
     frames as the video holds them.
     """
     settings = service.settings
-    caps = (settings.video_max_seconds, settings.video_max_frames, settings.max_image_pixels, settings.max_image_side,
+    caps = (settings.video_max_seconds, settings.video_max_frames, settings.max_image_pixels, service.fit,
             settings.max_request_pixels)  # fmt: skip
     frames = sample_frames(media, fps, *caps)
     take = functools.partial(_next_chunk, frames, settings.max_batch_size, CHUNK_PIXELS)

@@ -28,7 +28,7 @@ from app.server.metrics import Metrics
 from app.server.pixel_budget import PixelBudget
 from app.server.records import RequestRecord
 from app.settings import Settings
-from app.tiling import combine, downscaled_wh, rescale_result, shift_result, tile_windows
+from app.tiling import Fit, combine, rescale_result, shift_result, tile_windows
 from app.uploads import (
     FittedImage,
     ImageTooLarge,
@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 PHRASE_SEPARATORS = re.compile(r"[;；\r\n]+")
 
 Loader = Callable[[Settings], Engine]
+# The processor shrinks every image to at most MAX_PIXELS; what it gets is kept at most this many times
+# that (twice each side), so the last resize stays the processor's own while a huge upload costs little.
+WORKING_AREA_FACTOR = 4
 
 
 def split_phrases(prompt: str | None, record: RequestRecord | None = None, max_chars: int = 500) -> tuple[str, ...]:
@@ -224,6 +227,11 @@ class GroundingService:
         return clean_template(text, self.settings.max_prompt_chars)
 
     @property
+    def fit(self) -> Fit:
+        """Images are kept for the model no larger than MAX_IMAGE_SIDE and WORKING_AREA_FACTOR x MAX_PIXELS."""
+        return Fit(self.settings.max_image_side, WORKING_AREA_FACTOR * self.settings.max_pixels)
+
+    @property
     def upload_limits(self) -> UploadLimits:
         return UploadLimits(self.settings.max_upload_bytes, self.settings.max_image_pixels)
 
@@ -255,8 +263,8 @@ class GroundingService:
         self.check_request_pixels(pixels)
         async with self.pixel_budget.hold(pixels) as held:
             full = self._tiles(pixels, options)
-            max_side = None if full else self.settings.max_image_side
-            picture = await anyio.to_thread.run_sync(decode_upload, data, self.upload_limits, max_side)
+            fit = None if full else self.fit
+            picture = await anyio.to_thread.run_sync(decode_upload, data, self.upload_limits, fit)
             del data
             await held.shrink(picture.image.width * picture.image.height)
             return await self.ground(picture, phrases, record, options)
@@ -322,8 +330,8 @@ class GroundingService:
     async def ground_fitted(
         self, image: Image.Image, phrases: tuple[str, ...], options: GroundingOptions
     ) -> GroundingResult:
-        """``ground_one`` for an image of any size: one longer than MAX_IMAGE_SIDE is downscaled and mapped back."""
-        smaller = downscaled_wh(image.size, self.settings.max_image_side)
+        """``ground_one`` for an image of any size: one larger than ``fit`` allows is downscaled and mapped back."""
+        smaller = self.fit.wh(image.size)
         if smaller is None:
             return await self.ground_one(image, phrases, options)
         resized = await anyio.to_thread.run_sync(image.resize, smaller, Image.Resampling.BICUBIC)
