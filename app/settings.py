@@ -122,7 +122,7 @@ class Settings(BaseSettings):
         "transformers", description="transformers = the model in this process; openai = an OpenAI-compatible server."
     )
     engine_url: str = Field(
-        "http://127.0.0.1:8000", description="Base URL of the OpenAI-compatible server (ENGINE=openai), without /v1."
+        "http://127.0.0.1:8000", description="Base URL of the OpenAI-compatible server (ENGINE=openai), with or without /v1."
     )
     engine_model: str = Field(
         "Qwen/Qwen2.5-VL-7B-Instruct", description="Model name the engine serves (the 'model' field of each request)."
@@ -149,9 +149,10 @@ class Settings(BaseSettings):
     @field_validator("engine_url")
     @classmethod
     def _check_engine_url(cls, value: str) -> str:
+        """The server's base URL: ``http://host:8000`` and ``http://host:8000/v1`` (the SDKs' form) mean the same."""
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"engine_url must be an http:// or https:// URL (http://127.0.0.1:8000), got {value!r}")
-        return value
+        return re.sub(r"/v1/*$", "", value.rstrip("/"))
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -99,3 +99,17 @@ def test_unknown_key_in_the_config_file_is_refused(monkeypatch, tmp_path):
 )
 def test_parse_max_memory(text, gpus, expected):
     assert parse_max_memory(text, gpus) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("http://gpu-node:8000", "http://gpu-node:8000"),  # the documented form
+        ("http://gpu-node:8000/", "http://gpu-node:8000"),  # a trailing slash
+        ("http://gpu-node:8000/v1", "http://gpu-node:8000"),  # the OpenAI SDK's and vLLM's form
+        ("https://gpu-node/v1/", "https://gpu-node"),  # both
+        ("http://gpu-node:8000/proxy/v1", "http://gpu-node:8000/proxy"),  # behind a path prefix
+    ],
+)
+def test_engine_url_works_with_or_without_v1(given, used):
+    assert load_settings(engine_url=given).engine_url == used
