@@ -30,11 +30,19 @@ class GroundingResult:
         return asdict(self)
 
     def above(self, score_threshold: float) -> GroundingResult:
-        """A copy keeping only boxes whose score is at least ``score_threshold`` (None scores are kept)."""
+        """A copy keeping only boxes whose score is at least ``score_threshold``.
+
+        A box whose backend gave no score (None) is kept. Points carry no score at all, so a
+        threshold above 0 drops them: nothing says they pass it.
+        """
+        if score_threshold <= 0:
+            return self
         keep = [i for i, s in enumerate(self.scores) if s is None or s >= score_threshold]
         return replace(
             self,
             boxes=[self.boxes[i] for i in keep],
             labels=[self.labels[i] for i in keep],
             scores=[self.scores[i] for i in keep],
+            points=[],
+            point_labels=[],
         )

@@ -122,7 +122,8 @@ class Settings(BaseSettings):
         "transformers", description="transformers = the model in this process; openai = an OpenAI-compatible server."
     )
     engine_url: str = Field(
-        "http://127.0.0.1:8000", description="Base URL of the OpenAI-compatible server (ENGINE=openai), with or without /v1."
+        "http://127.0.0.1:8000",
+        description="Base URL of the OpenAI-compatible server (ENGINE=openai), with or without /v1.",
     )
     engine_model: str = Field(
         "Qwen/Qwen2.5-VL-7B-Instruct", description="Model name the engine serves (the 'model' field of each request)."

@@ -16,7 +16,6 @@ from PIL import Image
 
 from app.demo.examples import write_demo_examples
 from app.errors import ChordError
-from app.options import GroundingOptions
 from app.result import GroundingResult
 from app.server.client_files import read_cached_upload
 from app.server.errors import MissingImage
@@ -60,6 +59,7 @@ class ChordUI:
         max_new_tokens: float = 512,
         score_threshold: float = 0.0,
         prompt_template: str = "",
+        tiling: bool = False,
         history: list | None = None,
     ) -> tuple[Image.Image, dict, str, str, list]:
         """Ground the phrase(s) in the image; returns annotated image, result JSON, raw answer, latency."""
@@ -69,10 +69,11 @@ class ChordUI:
             phrases = self.service.phrases(phrase, record)
             if image is None:
                 raise MissingImage("Add an image first: drop it in, paste it or click to upload.")
-            options = GroundingOptions(
+            options = self.service.options(
                 int(max_new_tokens) if max_new_tokens else None,
                 float(score_threshold or 0.0),
-                self.service.template(prompt_template),
+                prompt_template,
+                bool(tiling),
             )
             data = await read_cached_upload(image, self.service.settings.max_upload_bytes)
             result = await self.service.ground_upload(data, phrases, record, options)
@@ -89,10 +90,6 @@ class ChordUI:
             gr.Warning("No box found. Try other words, or lower the score threshold under Advanced.", duration=6)
         history = _remember(history or [], annotated, result)
         return annotated, result.to_dict(), result.text, _latency_text(result, record), history
-
-    async def ground_example(self, image: str, phrase: str) -> tuple[Image.Image, dict, str, str, list]:
-        """A click on a demo scene grounds it at once, with the default settings."""
-        return await self.ground(image, phrase, self.service.settings.max_new_tokens)
 
     def status(self) -> tuple[str, dict, gr.Timer]:
         """Header line and button state; the timer stops polling once loading has ended."""
@@ -179,6 +176,10 @@ def build_ui(service: GroundingService) -> gr.Blocks:
                             )
                             score_threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Score threshold")
                             prompt_template = gr.Textbox(label="Prompt template", value="", placeholder=TEMPLATE_HELP)
+                            tiling = gr.Checkbox(
+                                value=service.settings.tiling,
+                                label="Large images: also ground tile by tile (small objects in big scans)",
+                            )
                         button = gr.Button(
                             _button_text(service), variant="primary", elem_id="chord-go", interactive=service.ready
                         )
@@ -210,7 +211,7 @@ def build_ui(service: GroundingService) -> gr.Blocks:
         gr.on(
             triggers=[button.click, phrase.submit],
             fn=ui.ground,
-            inputs=[image, phrase, max_new_tokens, score_threshold, prompt_template, history],
+            inputs=[image, phrase, max_new_tokens, score_threshold, prompt_template, tiling, history],
             outputs=[annotated, result_json, raw, latency, history],
             api_name="ground",
             api_description="Find the phrase(s) in the image; returns the annotated image, the result JSON "
@@ -218,9 +219,9 @@ def build_ui(service: GroundingService) -> gr.Blocks:
             **SCHEDULER_DECIDES,
         ).success(lambda h: h, inputs=history, outputs=gallery, api_visibility="private", show_progress="hidden")
         image.change(lambda: ([], []), outputs=[history, gallery], api_visibility="private", show_progress="hidden")
-        demo_scenes.load_input_event.then(
-            ui.ground_example,
-            inputs=[image, phrase],
+        demo_scenes.load_input_event.then(  # a click on a demo scene grounds it at once, with the Advanced settings
+            ui.ground,
+            inputs=[image, phrase, max_new_tokens, score_threshold, prompt_template, tiling, history],
             outputs=[annotated, result_json, raw, latency, history],
             api_visibility="private",
             **SCHEDULER_DECIDES,

@@ -7,7 +7,7 @@ import binascii
 import logging
 from collections.abc import Callable
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
@@ -15,12 +15,10 @@ from app.errors import ChordError, InvalidImage, InvalidRequest
 from app.options import GroundingOptions
 from app.result import GroundingResult
 from app.server.errors import as_chord_error, error_body, error_response
+from app.server.forms import image_options
 from app.server.records import RequestRecord
 from app.server.schemas import (
-    MAX_NEW_TOKENS_HELP,
     PROMPT_HELP,
-    SCORE_THRESHOLD_HELP,
-    TILING_HELP,
     BatchResponse,
     GroundingResponse,
     PredictRequest,
@@ -87,14 +85,11 @@ async def ground(
     request: Request,
     image: UploadFile = File(..., description=IMAGE_HELP),
     prompt: str = Form(..., description=PROMPT_HELP, examples=["the red car; the person on the left"]),
-    max_new_tokens: int | None = Form(None, ge=1, le=2048, description=MAX_NEW_TOKENS_HELP, examples=[256]),
-    score_threshold: float = Form(0.0, ge=0.0, le=1.0, description=SCORE_THRESHOLD_HELP, examples=[0.3]),
-    tiling: bool | None = Form(None, description=TILING_HELP, examples=[False]),
+    options: GroundingOptions = Depends(image_options),
 ) -> dict:
     """Find the objects a prompt names in an uploaded image (multipart form)."""
     service = request.app.state.service
     phrases = service.phrases(prompt, request.state.record)
-    options = GroundingOptions(max_new_tokens, score_threshold, tiling=tiling)
     data = await read_upload(image, service.settings.max_upload_bytes)
     result = await service.ground_upload(data, phrases, request.state.record, options)
     return result.to_dict()
@@ -105,7 +100,7 @@ async def predict(request: Request, body: PredictRequest) -> dict:
     """Find the objects a prompt names in a base64-encoded image (JSON body)."""
     service = request.app.state.service
     phrases = service.phrases(body.prompt, request.state.record)
-    options = GroundingOptions(body.max_new_tokens, body.score_threshold, tiling=body.tiling)
+    options = service.options(body.max_new_tokens, body.score_threshold, body.prompt_template, body.tiling)
     result = await service.ground_upload(_from_base64(body.image), phrases, request.state.record, options)
     return result.to_dict()
 
@@ -119,8 +114,7 @@ async def ground_batch(
         description="One prompt for every image, or one prompt per image (same order). " + PROMPT_HELP,
         examples=[["the red car"]],
     ),
-    max_new_tokens: int | None = Form(None, ge=1, le=2048, description=MAX_NEW_TOKENS_HELP, examples=[256]),
-    score_threshold: float = Form(0.0, ge=0.0, le=1.0, description=SCORE_THRESHOLD_HELP, examples=[0.3]),
+    options: GroundingOptions = Depends(image_options),
 ) -> dict:
     """Ground several images and/or prompts in one call; one result (or error) per image, in order.
 
@@ -142,7 +136,6 @@ async def ground_batch(
         except ChordError as exc:
             phrases = exc
         items.append((await read_upload(upload, service.settings.max_upload_bytes, strict=False), phrases))
-    options = GroundingOptions(max_new_tokens, score_threshold)
     groundable = [(data, p) for data, p in items if isinstance(data, bytes) and isinstance(p, tuple)]
     outcomes = iter(await service.ground_uploads(groundable, options, record.request_id))
     results = []

@@ -7,14 +7,15 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import anyio
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from pydantic import BaseModel, Field
 
 from app.batch.video import SampledFrame, frame_record, sample_frames
 from app.errors import InvalidVideo
 from app.options import GroundingOptions
+from app.server.forms import frame_options
 from app.server.routes_api import RecordedRoute
-from app.server.schemas import MAX_NEW_TOKENS_HELP, PROMPT_HELP, SCORE_THRESHOLD_HELP, error_responses
+from app.server.schemas import PROMPT_HELP, error_responses
 from app.server.service import GroundingService
 from app.tiling import rescale_result
 
@@ -60,8 +61,7 @@ async def ground_video(
     ),
     prompt: str = Form(..., description=PROMPT_HELP, examples=["the forklift"]),
     fps: float = Form(1.0, gt=0, le=30, description="Frames to sample per second of video.", examples=[1.0]),
-    max_new_tokens: int | None = Form(None, ge=1, le=2048, description=MAX_NEW_TOKENS_HELP, examples=[256]),
-    score_threshold: float = Form(0.0, ge=0.0, le=1.0, description=SCORE_THRESHOLD_HELP, examples=[0.3]),
+    options: GroundingOptions = Depends(frame_options),
 ) -> dict:
     """Sample a short video at ``fps`` frames per second and find the prompt's objects in each frame.
 
@@ -72,7 +72,6 @@ async def ground_video(
     if not video.size:
         raise InvalidVideo("the video is empty: send the video file's bytes as the 'video' field")
     service: GroundingService = request.app.state.service
-    options = GroundingOptions(max_new_tokens, score_threshold)
     frames = await ground_clip(service, video.file, phrases, fps, options)
     request.state.record.boxes = sum(len(f.get("boxes", [])) for f in frames)
     return {"phrases": list(phrases), "fps": fps, "frames": frames}

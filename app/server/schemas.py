@@ -5,14 +5,12 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from app.server.errors import ERROR_CODES
+from app.server.forms import MAX_NEW_TOKENS_HELP, PROMPT_TEMPLATE_HELP, SCORE_THRESHOLD_HELP, TILING_HELP
 
 PROMPT_HELP = (
     "What to find: one phrase, or several separated by ';' or newlines (each gets its own label), "
     "in English or Chinese."
 )
-MAX_NEW_TOKENS_HELP = "Most tokens the model may generate for this answer; default MAX_NEW_TOKENS from the settings."
-SCORE_THRESHOLD_HELP = "Drop boxes whose confidence score is below this (0 keeps every box)."
-TILING_HELP = "Ground a huge image tile by tile (boxes merged with NMS); default TILING from the settings."
 
 
 class PredictRequest(BaseModel):
@@ -26,6 +24,7 @@ class PredictRequest(BaseModel):
     prompt: str = Field(..., description=PROMPT_HELP, examples=["the red car; the person on the left"])
     max_new_tokens: int | None = Field(None, ge=1, le=2048, description=MAX_NEW_TOKENS_HELP, examples=[256])
     score_threshold: float = Field(0.0, ge=0.0, le=1.0, description=SCORE_THRESHOLD_HELP, examples=[0.3])
+    prompt_template: str | None = Field(None, description=PROMPT_TEMPLATE_HELP, examples=["Find {targets}."])
     tiling: bool | None = Field(None, description=TILING_HELP, examples=[False])
 
 

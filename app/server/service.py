@@ -222,9 +222,17 @@ class GroundingService:
         """The phrases of a prompt, checked the same way for the UI and REST."""
         return split_phrases(prompt, record, self.settings.max_prompt_chars)
 
-    def template(self, text: str | None) -> str | None:
-        """A caller's prompt template, checked (length, ``{targets}``, no control token); None when empty."""
-        return clean_template(text, self.settings.max_prompt_chars)
+    def options(
+        self,
+        max_new_tokens: int | None = None,
+        score_threshold: float = 0.0,
+        prompt_template: str | None = None,
+        tiling: bool | None = None,
+    ) -> GroundingOptions:
+        """A caller's options, checked the same way for every front end (the template: length, ``{targets}``,
+        no control token)."""
+        template = clean_template(prompt_template, self.settings.max_prompt_chars)
+        return GroundingOptions(max_new_tokens, score_threshold, template, tiling)
 
     @property
     def fit(self) -> Fit:
