@@ -157,12 +157,12 @@ def _ground(args) -> int:
     configure_logging(settings.log_level, stream=sys.stderr)
     logger.info("settings: %s", settings.describe())
 
-    from app.drawing import draw_result
     from app.engine.base import GroundingRequest
-    from app.fonts import label_font
-    from app.images import open_image
-    from app.prompts import clean_phrases
-    from app.server.service import load_engine
+    from app.grounding.drawing import draw_result
+    from app.grounding.fonts import label_font
+    from app.grounding.prompts import clean_phrases
+    from app.service.images import open_image
+    from app.service.service import load_engine
 
     image = open_image(args.image)
     engine = load_engine(settings, own_process=False)  # one answer: a second process would only cost its start
@@ -184,7 +184,7 @@ def _batch(args) -> int:
     from pathlib import Path
 
     from app.batch.runner import RESULTS_NAME, recorded_paths, run_batch
-    from app.prompts import clean_phrases
+    from app.grounding.prompts import clean_phrases
 
     phrases = clean_phrases([*args.phrase, *args.more_phrases])
     recorded_paths(Path(args.out) / RESULTS_NAME, phrases)  # refuse a mixed output before loading the model
@@ -215,7 +215,7 @@ def _batch(args) -> int:
 
 def _video(args) -> int:
     from app.batch.video_runner import ANNOTATED_NAME, FRAMES_NAME, run_video
-    from app.prompts import clean_phrases
+    from app.grounding.prompts import clean_phrases
 
     if not args.fps > 0:
         raise ValueError(f"--fps must be positive, got {args.fps}")
@@ -269,9 +269,9 @@ def _grounder(server: str | None, settings, batch_size: int):
 
 
 def _parse(args) -> int:
-    from app.families import Family, family_from_name
-    from app.mapping import map_answer
-    from app.parsing import parse_answer
+    from app.grounding.families import Family, family_from_name
+    from app.grounding.mapping import map_answer
+    from app.grounding.parsing import parse_answer
 
     family = family_from_name(args.family)
     if family is Family.QWEN2_5_VL and args.input_size is None:

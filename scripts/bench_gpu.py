@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.engine.base import EngineInfo, GroundingRequest  # noqa: E402
+from app.engine.local_model import LocalModel  # noqa: E402
 from app.engine.patch_embedding import use_linear_patch_embedding  # noqa: E402
 from app.engine.runtime import dtype_name  # noqa: E402
 from app.engine.tiny_checkpoint import (  # noqa: E402
@@ -42,9 +43,9 @@ from app.engine.tiny_checkpoint import (  # noqa: E402
     build_processor,
     build_tokenizer,
 )
-from app.engine.transformers_engine import LocalModel, TransformersEngine  # noqa: E402
-from app.families import Family  # noqa: E402
-from app.scheduler import BatchScheduler  # noqa: E402
+from app.engine.transformers_engine import TransformersEngine  # noqa: E402
+from app.grounding.families import Family  # noqa: E402
+from app.service.scheduler import BatchScheduler  # noqa: E402
 from app.settings import load_settings  # noqa: E402
 
 SHAPES_DIR = ROOT / "config" / "model_shapes"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.demo.evaluation import engine_grounder, evaluate, fresh_cases  # noqa: E402
 from app.engine.transformers_engine import TransformersEngine  # noqa: E402
 from app.settings import load_settings  # noqa: E402
+from tools.demo_model.evaluation import engine_grounder, evaluate, fresh_cases  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from app.demo.training import TrainConfig, pick_device, train  # noqa: E402
 from app.engine.tiny_checkpoint import TinyShape  # noqa: E402
+from tools.demo_model.training import TrainConfig, pick_device, train  # noqa: E402
 
 EXPORTED = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "processor_config.json", "chat_template.jinja")  # fmt: skip

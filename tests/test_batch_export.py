@@ -8,9 +8,9 @@ import os
 import pytest
 from pycocotools.coco import COCO
 
-from app.batch.coco import to_coco, xyxy_to_xywh
 from app.batch.files import find_images
 from app.batch.jsonl import JsonlWriter, read_records
+from app.grounding.coco import to_coco, xyxy_to_xywh
 
 
 def test_jsonl_lines_round_trip(tmp_path):

@@ -94,7 +94,7 @@ def test_a_failed_step_fails_the_decoding_rows_and_the_loop_goes_on(tiny_engine,
 
 def test_an_unverified_model_type_falls_back_to_one_generate_per_batch(tiny_engine, monkeypatch):
     from app.engine import continuous
-    from app.scheduler import BatchScheduler
+    from app.service.scheduler import BatchScheduler
 
     monkeypatch.setattr(continuous, "VERIFIED_MODEL_TYPES", frozenset({"qwen2_vl"}))
     reason = unsupported_reason(tiny_engine.runner.model)
@@ -118,7 +118,7 @@ def demo_engine():
 
 def test_rows_that_end_at_eos_leave_early_with_generates_tokens(demo_engine):
     """The bundled demo model answers its scenes and stops: the stop path, against ``generate``."""
-    from app.demo.evaluation import fresh_cases
+    from tools.demo_model.evaluation import fresh_cases
 
     requests = [GroundingRequest(case.image, (case.phrase,)) for case in fresh_cases(6)]
     decoder = decoder_for(demo_engine)

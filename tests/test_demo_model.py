@@ -7,10 +7,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.demo.evaluation import REQUIRED_HIT_RATE, check_accuracy, engine_grounder, fresh_cases, http_grounder
 from app.engine.base import GroundingRequest
 from app.engine.transformers_engine import TransformersEngine
 from app.settings import DEMO_MODEL_DIR, DEMO_MODEL_NAME, load_settings
+from tools.demo_model.evaluation import REQUIRED_HIT_RATE, check_accuracy, engine_grounder, fresh_cases, http_grounder
 
 MAX_CHECKPOINT_BYTES = 25 * 2**20
 

@@ -18,9 +18,9 @@ from app.demo.scenes import (
     pick_target,
     scene_rng,
 )
-from app.families import Family
-from app.mapping import map_answer
-from app.parsing import parse_answer
+from app.grounding.families import Family
+from app.grounding.mapping import map_answer
+from app.grounding.parsing import parse_answer
 
 INDICES = range(300)
 

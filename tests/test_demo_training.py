@@ -10,7 +10,11 @@ import pytest
 import torch
 
 from app.demo.scenes import scene_rng
-from app.demo.training import (
+from app.engine.base import GroundingRequest
+from app.engine.tiny_checkpoint import TinyShape
+from app.engine.transformers_engine import TransformersEngine
+from app.settings import load_settings
+from tools.demo_model.training import (
     IGNORE,
     STATE_FILE,
     TrainConfig,
@@ -21,10 +25,6 @@ from app.demo.training import (
     merge_corpus,
     objects_for_step,
 )
-from app.engine.base import GroundingRequest
-from app.engine.tiny_checkpoint import TinyShape
-from app.engine.transformers_engine import TransformersEngine
-from app.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = replace(

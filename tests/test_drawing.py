@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.drawing import colour_for, draw_result, line_width
-from app.fonts import label_font
+from app.grounding.drawing import colour_for, draw_result, line_width
+from app.grounding.fonts import label_font
 
 BACKGROUND = (128, 128, 128)
 

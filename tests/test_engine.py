@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from app.answers import build_result
 from app.engine.base import GroundingRequest
 from app.engine.transformers_engine import TransformersEngine
 from app.errors import ModelLoadError
-from app.families import Family
+from app.grounding.answers import build_result
+from app.grounding.families import Family
 from app.settings import load_settings
 
 SIZES = [(64, 64), (300, 100), (120, 500), (640, 480), (1, 1), (10, 300)]

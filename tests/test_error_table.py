@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from app.server.errors import ERROR_CODES
+from app.errors import ERROR_CODES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 ROW = re.compile(r"^\| (\d{3}) \| `([a-z_]+)` \| .+ \|$")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from app.errors import InvalidImage
-from app.images import open_image
+from app.service.images import open_image
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 from transformers import Qwen2VLImageProcessor
 
-from app.families import Family
-from app.geometry import Box, scale_box, to_pixel_box
-from app.mapping import map_answer, model_space_wh
-from app.parsing import parse_answer
+from app.grounding.families import Family
+from app.grounding.geometry import Box, scale_box, to_pixel_box
+from app.grounding.mapping import map_answer, model_space_wh
+from app.grounding.parsing import parse_answer
 
 PATCH = 14
 

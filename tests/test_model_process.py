@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from app.engine.base import GroundingRequest
-from app.engine.model_process import ModelProcess, ModelProcessExited, SharedTensors
+from app.engine.model_process import ModelProcess, SharedTensors
+from app.errors import ModelProcessExited
 from app.settings import load_settings
 
 

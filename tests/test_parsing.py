@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.families import Family
-from app.parsing import parse_answer
+from app.grounding.families import Family
+from app.grounding.parsing import parse_answer
 
 Q1, Q2, Q25, Q3 = Family.QWEN_VL, Family.QWEN2_VL, Family.QWEN2_5_VL, Family.QWEN3_VL
 INPUT_WH = (644, 476)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.families import Family
-from app.prompts import clean_phrases, grounding_prompt
+from app.grounding.families import Family
+from app.grounding.prompts import clean_phrases, grounding_prompt
 
 
 @pytest.mark.parametrize(

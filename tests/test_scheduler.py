@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from app.engine.base import GroundingRequest
-from app.scheduler import BatchScheduler, QueueFull, RequestTimeout, ShuttingDown
+from app.errors import QueueFull, RequestTimeout, ShuttingDown
+from app.service.scheduler import BatchScheduler
 
 PHRASES = ["the red circle", "蓝色的正方形", "all traffic lights", "the white vase", "cup", "dog", "红色圆形", "car"]
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from app.scoring import decoded_prefixes, span_scores, token_char_spans
+from app.grounding.scoring import decoded_prefixes, span_scores, token_char_spans
 
 
 def test_spans_of_prefixes_cover_the_text_in_order():

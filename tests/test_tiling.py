@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from app.engine.nms import nms_keep
-from app.result import GroundingResult
-from app.tiling import combine, crop_result, downscaled_wh, padded_wh, rescale_result, shift_result, tile_windows
+from app.grounding.result import GroundingResult
+from app.grounding.tiling import (
+    combine,
+    crop_result,
+    downscaled_wh,
+    padded_wh,
+    rescale_result,
+    shift_result,
+    tile_windows,
+)
 
 
 def result(boxes, image_wh, labels=None, scores=None):

@@ -14,10 +14,9 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
-from app.batch.video import AnnotatedVideo, sample_frames
-from app.errors import InvalidVideo, VideoTooLong
-from app.tiling import Fit
-from app.uploads import ImageTooLarge
+from app.errors import ImageTooLarge, InvalidVideo, VideoTooLong
+from app.grounding.tiling import Fit
+from app.service.frames import AnnotatedVideo, sample_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+from app.service.uploads import IMAGE_EXTENSIONS
 
 
 def find_images(root: str | Path, recursive: bool = False) -> list[Path]:

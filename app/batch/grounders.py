@@ -18,19 +18,14 @@ from pathlib import Path
 from PIL import Image
 
 from app.engine.base import Engine, GroundingRequest
-from app.errors import ChordError
-from app.scheduler import BatchScheduler
+from app.errors import ChordError, ServiceUnavailable
+from app.service.scheduler import BatchScheduler
 
 logger = logging.getLogger(__name__)
 
 # Error codes that say "the service could not answer now", not "this image failed".
 TRANSIENT_CODES = frozenset({"busy", "timeout", "shutting_down", "model_loading"})
 RETRIES = 6
-
-
-class ServiceUnavailable(ChordError):
-    status = 503
-    code = "service_unavailable"
 
 
 class SchedulerGrounder:

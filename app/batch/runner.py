@@ -19,13 +19,14 @@ from typing import Protocol
 
 from PIL import Image
 
-from app.batch.coco import to_coco
 from app.batch.files import find_images
 from app.batch.jsonl import JsonlWriter, read_records
-from app.drawing import draw_result
 from app.errors import InvalidImage
-from app.fonts import label_font
-from app.images import open_image
+from app.grounding.coco import to_coco
+from app.grounding.drawing import draw_result
+from app.grounding.fonts import label_font
+from app.grounding.records import image_record
+from app.service.images import open_image
 
 logger = logging.getLogger(__name__)
 
@@ -58,21 +59,6 @@ class BatchSummary:
             f"{self.images} images ({self.skipped} already done), {self.boxes} boxes, {self.failures} failures, "
             f"{self.seconds:.1f} s, {self.images_per_s:.2f} images/s"
         )
-
-
-def image_record(rel_path: str, phrases: Sequence[str], result: dict) -> dict:
-    """One results.jsonl line from a result dict or an ``{"error": ...}`` dict."""
-    if "error" in result:
-        return {"path": rel_path, "phrases": list(phrases), "error": result["error"]}
-    return {
-        "path": rel_path,
-        "image_size": result["image_size"],
-        "phrases": list(phrases),
-        "boxes": result["boxes"],
-        "labels": result["labels"],
-        "scores": result["scores"],
-        "text": result["text"],
-    }
 
 
 def run_batch(

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from app.batch.jsonl import JsonlWriter
 from app.batch.runner import Grounder
-from app.batch.video import AnnotatedVideo, frame_record, sample_frames
-from app.drawing import draw_result
-from app.fonts import label_font
+from app.grounding.drawing import draw_result
+from app.grounding.fonts import label_font
+from app.service.frames import AnnotatedVideo, frame_record, sample_frames
 
 FRAMES_NAME = "frames.jsonl"
 ANNOTATED_NAME = "annotated.mp4"

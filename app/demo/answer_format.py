@@ -1,6 +1,6 @@
 """The demo model's answers: Qwen2.5-VL JSON ``bbox_2d`` in pixels of the processor's resized input. Pure.
 
-The inverse of what the engine does with an answer (``app.mapping``): a box in original pixels is
+The inverse of what the engine does with an answer (``app.grounding.mapping``): a box in original pixels is
 scaled by ``input_wh / image_wh``, where ``input_wh`` is the processor's real resize for that image.
 """
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
 from PIL import Image
 
 from app.errors import ChordError
-from app.families import Family
-from app.result import GroundingResult
+from app.grounding.families import Family
+from app.grounding.result import GroundingResult
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,28 @@ class EngineInfo:
         }
 
 
-class Engine(Protocol):
-    """What the scheduler, server and CLI need from a backend.
+class BatchingEngine(Protocol):
+    """An engine the batching scheduler can feed as requests arrive.
 
-    An engine may also offer ``prepare(requests)``, ``merge(prepared_parts)`` and
-    ``generate(requests, prepared)`` (with ``ground == generate(prepare(...))`` and
-    ``merge([prepare(a), prepare(b)]) == prepare(a + b)``): the batching scheduler then prepares
-    requests as they arrive, while the current batch generates, and merges them into the next.
+    ``ground == generate(prepare(...))`` and ``merge([prepare(a), prepare(b)]) == prepare(a + b)``: the
+    scheduler prepares requests while the current batch generates and merges them into the next.
+    With ``continuous`` true, ``start`` adds prepared requests to the running batch between two
+    decoding steps; each future completes with ``(result, rows decoded alongside)``.
     """
+
+    continuous: bool
+
+    def prepare(self, requests: Sequence[GroundingRequest]) -> object: ...
+
+    def merge(self, parts: Sequence[object]) -> object: ...
+
+    def generate(self, requests: Sequence[GroundingRequest], prepared: object) -> list[GroundingResult]: ...
+
+    def start(self, requests: Sequence[GroundingRequest], prepared: object) -> list[Future]: ...
+
+
+class Engine(Protocol):
+    """What the scheduler, the service and the command line need from a backend."""
 
     info: EngineInfo
 
@@ -63,3 +78,46 @@ class Engine(Protocol):
         openai engine does); an exception raised instead fails the whole batch.
         """
         ...
+
+    @property
+    def batching(self) -> BatchingEngine | None:
+        """The engine's batching side (itself, usually), or None when it batches on its own (a server)."""
+        ...
+
+    @property
+    def reachable(self) -> bool:
+        """False while the backend cannot answer (an engine behind HTTP that failed its last check)."""
+        ...
+
+    def health(self) -> dict | None:
+        """What ``/health`` shows under ``engine`` (an engine behind HTTP), or None."""
+        ...
+
+    def gpu_memory_allocated(self) -> float:
+        """Bytes the model holds on its GPU (0 on the CPU or behind HTTP)."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the model (its process, its connections)."""
+        ...
+
+
+class ModelRunner(Protocol):
+    """Where a transformers model runs: in this process (``LocalModel``) or its own (``ModelProcess``)."""
+
+    info: EngineInfo
+    eos_token_ids: set[int]
+    continuous_unsupported: str | None  # why continuous batching cannot run this model; None when it can
+    model: object | None  # the model object when it is in this process
+
+    def generate_ids(self, inputs: dict, max_new_tokens: int) -> tuple:
+        """(generated ids [batch, steps], log-probability of each chosen token [batch, steps]), on the CPU."""
+        ...
+
+    def start_ids(self, inputs: dict, limits: Sequence[int], pad_id: int, stop_ids: set[int]) -> list[Future]:
+        """Add these prompts to the running batch; a future per row."""
+        ...
+
+    def gpu_memory_allocated(self) -> float: ...
+
+    def close(self) -> None: ...

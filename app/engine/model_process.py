@@ -32,7 +32,7 @@ from multiprocessing import shared_memory
 import torch
 import torch.multiprocessing
 
-from app.errors import ChordError, ModelLoadError
+from app.errors import ChordError, ModelLoadError, ModelProcessExited
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -101,11 +101,6 @@ def _aligned(nbytes: int, alignment: int = 64) -> int:
     return -(-nbytes // alignment) * alignment
 
 
-class ModelProcessExited(ChordError):
-    status = 503
-    code = "model_process_exited"
-
-
 class ModelProcess:
     """A child process holding the model: ``generate_ids`` and ``start_ids`` as ``LocalModel`` has them.
 
@@ -116,6 +111,7 @@ class ModelProcess:
 
     def __init__(self, process, connection, ready: tuple, exit_on_loss: bool = True):
         self.info, self.eos_token_ids, self.continuous_unsupported = ready
+        self.model = None  # in the child process
         self._process = process
         self._connection = connection
         self._exit_on_loss = exit_on_loss
@@ -237,8 +233,8 @@ def _child_main(connection, settings: Settings) -> None:
     """The child: load the model, say so, then serve ``generate`` and ``admit`` messages until told to stop."""
     from app.engine.continuous import ContinuousDecoder
     from app.engine.decode_loop import Group, model_error, run_decode_loop
+    from app.engine.local_model import LocalModel
     from app.engine.runtime import cuda_memory_allocated
-    from app.engine.transformers_engine import LocalModel
     from app.logs import configure_logging
 
     _die_with_parent()

@@ -25,14 +25,14 @@ import httpx
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-from app.answers import build_result
 from app.engine.base import EngineInfo, GroundingRequest
 from app.engine.pixels import checkpoint_processor_size, effective_pixel_range, image_processor_config
 from app.errors import ChordError, EngineRejected, EngineTimeout, EngineUnavailable, ModelLoadError
-from app.families import Family, family_from_model_type, family_from_name
-from app.prompts import grounding_prompt
-from app.result import GroundingResult
-from app.scoring import decoded_prefixes
+from app.grounding.answers import build_result
+from app.grounding.families import Family, family_from_model_type, family_from_name
+from app.grounding.prompts import grounding_prompt
+from app.grounding.result import GroundingResult
+from app.grounding.scoring import decoded_prefixes
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,14 @@ class OpenAIEngine:
         )  # fmt: skip
         engine._prober.start()
         return engine
+
+    @property
+    def batching(self) -> None:
+        """The engine server batches the concurrent requests itself."""
+        return None
+
+    def gpu_memory_allocated(self) -> float:
+        return 0.0
 
     def close(self) -> None:
         self._stop.set()

@@ -9,69 +9,30 @@ image to.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 
-import psutil
 import torch
 from PIL import Image
 from transformers import (
-    AutoConfig,
-    AutoModelForImageTextToText,
     AutoProcessor,
     BatchFeature,
-    LogitsProcessor,
-    LogitsProcessorList,
 )
 
-from app.answers import build_result
-from app.engine.base import EngineInfo, GroundingRequest
-from app.engine.continuous import ContinuousDecoder, unsupported_reason
-from app.engine.decode_loop import Group, run_decode_loop
-from app.engine.patch_embedding import use_linear_patch_embedding
+from app.engine.base import GroundingRequest, ModelRunner
+from app.engine.local_model import LocalModel, detect_family
 from app.engine.pixels import effective_pixel_range
-from app.engine.runtime import (
-    configure_cpu_threads,
-    cuda_memory_allocated,
-    dtype_name,
-    release_cuda_cache,
-    resolve_attn_impl,
-    resolve_device,
-    resolve_dtype,
-)
-from app.errors import ModelLoadError, OutOfMemory
-from app.families import Family, family_from_model_type
-from app.model_path import require_model_path
-from app.prompts import grounding_prompt
-from app.result import GroundingResult
-from app.settings import DEMO_MODEL_DIR, DEMO_MODEL_NAME, Settings, parse_max_memory
-from app.tiling import crop_result, padded_wh
+from app.errors import ModelLoadError
+from app.grounding.answers import build_result
+from app.grounding.families import Family
+from app.grounding.prompts import grounding_prompt
+from app.grounding.result import GroundingResult
+from app.grounding.tiling import crop_result, padded_wh
+from app.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-class ChosenTokenLogprobs(LogitsProcessor):
-    """Records, at each step, the log-probability of the token greedy decoding is about to pick.
-
-    It runs last and returns the scores unchanged, so the argmax it sees is the chosen token.
-    Keeps O(batch) numbers per step instead of the full vocabulary.
-    """
-
-    def __init__(self) -> None:
-        self.logprobs: list[torch.Tensor] = []
-        self.tokens: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        logprobs = torch.log_softmax(scores.float(), dim=-1)
-        best, token = logprobs.max(dim=-1)
-        self.logprobs.append(best.cpu())
-        self.tokens.append(token.cpu())
-        return scores
 
 
 @dataclass
@@ -96,132 +57,10 @@ def merge_left_padded(parts: Sequence[BatchFeature], pad_id: int) -> BatchFeatur
     return BatchFeature(merged)
 
 
-class LocalModel:
-    """The model in this process: greedy batched ``generate`` (``generate_ids``), or continuous batching
-    on a decoding thread (``start_ids``); both return token ids and their log-probabilities."""
-
-    def __init__(self, model, info: EngineInfo):
-        self.model = model
-        self.info = info
-        eos = model.generation_config.eos_token_id
-        self.eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        self.continuous_unsupported = unsupported_reason(model)
-        self._groups: queue.Queue[Group | None] | None = None
-        self._decoding: threading.Thread | None = None
-        self._starting = threading.Lock()
-
-    def start_ids(
-        self, inputs: dict[str, torch.Tensor], limits: Sequence[int], pad_id: int, stop_ids: set[int]
-    ) -> list[Future]:
-        """Add these prompts to the running batch; a future per row, of ``FinishedRow``."""
-        with self._starting:
-            if self._decoding is None:
-                self._groups = queue.Queue()
-                decoder = ContinuousDecoder(self.model, stop_ids, pad_id)
-                self._decoding = threading.Thread(
-                    target=self._decode, args=(decoder,), name="chord-decode", daemon=True
-                )
-                self._decoding.start()
-        futures = [Future() for _ in limits]
-        self._groups.put(Group(inputs, futures, list(limits)))
-        return futures
-
-    def close(self) -> None:
-        """Stop the decoding thread (after the step it is in)."""
-        if self._decoding is not None:
-            self._groups.put(None)
-            self._decoding.join(timeout=30)
-
-    def _decode(self, decoder: ContinuousDecoder) -> None:
-        def receive(block: bool) -> list[Group] | None:
-            groups = [self._groups.get()] if block else []
-            while True:
-                try:
-                    groups.append(self._groups.get_nowait())
-                except queue.Empty:
-                    break
-            if None not in groups:
-                return groups
-            for group in groups:  # arrived with the stop: answered, not dropped
-                for future in group.keys if group is not None else []:
-                    future.set_exception(RuntimeError("the model runner stopped before this request ran"))
-            return None
-
-        def finished(future: Future, outcome) -> None:
-            if isinstance(outcome, Exception):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
-
-        run_decode_loop(decoder, receive, lambda group: None, finished)
-
-    @classmethod
-    def load(cls, settings: Settings) -> LocalModel:
-        """``from_pretrained`` exactly as a user's 7B loads, on the device, dtype and kernel the settings pick."""
-        path = settings.resolved_model_path()
-        family = _detect_family(path)
-        device = resolve_device(settings.device)
-        dtype = resolve_dtype(settings.dtype, device)
-        attn_impl = resolve_attn_impl(settings.attn_impl, device)
-        threads = configure_cpu_threads(settings.torch_threads)
-        started = time.perf_counter()
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(
-                path,
-                dtype=dtype,
-                attn_implementation=attn_impl,
-                low_cpu_mem_usage=True,
-                **_placement(device, settings.max_memory),
-            )
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"could not load the model at MODEL_PATH={path!r}: {exc}") from exc
-        model.eval()
-        use_linear_patch_embedding(model)
-        info = EngineInfo(
-            model=_model_name(path),
-            family=family,
-            device=str(model.device) if device == "cpu" else device,
-            dtype=dtype_name(dtype),
-            attn_impl=attn_impl,
-            backend="transformers",
-        )
-        logger.info(
-            "loaded %s (%s) on %s, dtype %s, attention %s, %d CPU threads, in %.1f s",
-            info.model, family.display_name, info.device, info.dtype, attn_impl, threads,
-            time.perf_counter() - started,
-        )  # fmt: skip
-        return cls(model, info)
-
-    def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(generated ids [batch, steps], log-probability of each chosen token [batch, steps]), both on the CPU."""
-        recorder = ChosenTokenLogprobs()
-        batch = inputs["input_ids"].shape[0]
-        try:
-            with torch.inference_mode():
-                output = self.model.generate(
-                    **BatchFeature(inputs).to(self.model.device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                    logits_processor=LogitsProcessorList([recorder]),
-                )
-        except torch.OutOfMemoryError:
-            del inputs
-            release_cuda_cache()
-            raise OutOfMemory(
-                f"the GPU ran out of memory on a batch of {batch}; lower MAX_BATCH_SIZE or MAX_PIXELS"
-            ) from None
-        generated = output[:, inputs["input_ids"].shape[1] :].cpu()
-        logprobs = torch.stack(recorder.logprobs, dim=1) if recorder.logprobs else torch.zeros(batch, 0)
-        return generated, logprobs
-
-
 class TransformersEngine:
     """A processor here and a model runner (in this process, or its own); ``ground`` is not concurrent."""
 
-    def __init__(self, runner, processor, family: Family, settings: Settings):
+    def __init__(self, runner: ModelRunner, processor, family: Family, settings: Settings):
         self.runner = runner
         self.processor = processor
         self.family = family
@@ -234,13 +73,13 @@ class TransformersEngine:
     @property
     def model(self):
         """The model object when it runs in this process (None when it has its own process)."""
-        return getattr(self.runner, "model", None)
+        return self.runner.model
 
     @classmethod
     def load(cls, settings: Settings, own_process: bool = False) -> TransformersEngine:
         """The processor here; the model here, or with ``own_process`` in a child process (``MODEL_PROCESS``)."""
         path = settings.resolved_model_path()
-        family = _detect_family(path)
+        family = detect_family(path)
         if own_process:
             from app.engine.model_process import ModelProcess
 
@@ -250,19 +89,29 @@ class TransformersEngine:
         try:
             processor = AutoProcessor.from_pretrained(path)
         except (OSError, ValueError) as exc:
-            _close(runner)
+            runner.close()
             raise ModelLoadError(f"could not load the processor at MODEL_PATH={path!r}: {exc}") from exc
         processor.tokenizer.padding_side = "left"
         return cls(runner, processor, family, settings)
 
+    @property
+    def batching(self) -> TransformersEngine:
+        return self
+
+    @property
+    def reachable(self) -> bool:
+        return True
+
+    def health(self) -> None:
+        return None
+
     def close(self) -> None:
         """Stop the model's process, if it has one."""
-        _close(self.runner)
+        self.runner.close()
 
     def gpu_memory_allocated(self) -> float:
         """Bytes torch holds on the model's GPU, wherever the model runs."""
-        report = getattr(self.runner, "gpu_memory_allocated", None)
-        return report() if report is not None else cuda_memory_allocated()
+        return self.runner.gpu_memory_allocated()
 
     def ground(self, requests: Sequence[GroundingRequest]) -> list[GroundingResult]:
         if not requests:
@@ -299,7 +148,7 @@ class TransformersEngine:
     @property
     def continuous(self) -> bool:
         """Whether ``start`` can add requests to a running batch (continuous batching) for this model."""
-        return getattr(self.runner, "continuous_unsupported", "the runner cannot") is None
+        return self.runner.continuous_unsupported is None
 
     def start(self, requests: Sequence[GroundingRequest], prepared: PreparedBatch) -> list[Future]:
         """Add these requests to the running batch; a future per request, of (result, rows decoded alongside)."""
@@ -395,52 +244,8 @@ def _model_image(image: Image.Image) -> Image.Image:
     return canvas
 
 
-def _detect_family(path: str) -> Family:
-    require_model_path(path)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"MODEL_PATH {path!r} is not a readable checkpoint ({exc}). It must be a directory with "
-            "config.json, the weights and the processor files, e.g. a Qwen2.5-VL-7B-Instruct download."
-        ) from None
-    try:
-        family = family_from_model_type(config.model_type)
-    except ValueError as exc:
-        raise ModelLoadError(f"MODEL_PATH {path!r}: {exc}") from None
-    if family is Family.QWEN_VL:
-        raise ModelLoadError(
-            "Qwen-VL (v1) checkpoints need trust_remote_code and are not served by Chord; "
-            "their answers can still be parsed with `python -m app parse --family qwen-vl`"
-        )
-    return family
-
-
-def _placement(device: str, max_memory: str) -> dict:
-    if device == "cpu":
-        return {"device_map": "cpu"}
-    budget = parse_max_memory(max_memory, torch.cuda.device_count())
-    if not budget:
-        return {"device_map": "auto"}
-    budget.setdefault("cpu", f"{psutil.virtual_memory().total // 2**30}GiB")
-    return {"device_map": "auto", "max_memory": budget}
-
-
-def _close(runner) -> None:
-    close = getattr(runner, "close", None)
-    if close is not None:
-        close()
-
-
 def _stop_token_ids(eos_token_ids: set[int], processor) -> set[int]:
     ids = set(eos_token_ids)
     if processor.tokenizer.pad_token_id is not None:
         ids.add(processor.tokenizer.pad_token_id)
     return ids
-
-
-def _model_name(path: str) -> str:
-    """The checkpoint's folder name; the bundled demo model says so (UI header, /health)."""
-    if Path(path).exists() and Path(path).resolve() == DEMO_MODEL_DIR.resolve():
-        return DEMO_MODEL_NAME
-    return Path(path).name or path

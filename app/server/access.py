@@ -17,9 +17,9 @@ import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import ChordError
+from app.errors import Unauthorized
 from app.server.errors import error_response
-from app.server.records import new_request_id
+from app.service.records import new_request_id
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -27,11 +27,6 @@ logger = logging.getLogger(__name__)
 API_USER = "api"
 OPEN_PATHS = ("/health", "/metrics")
 REFUSED_ENDPOINT = "/api/*"  # the endpoint label of 401s: they are refused before routing
-
-
-class Unauthorized(ChordError):
-    status = 401
-    code = "unauthorized"
 
 
 def ui_logins(settings: Settings) -> list[tuple[str, str]] | None:

@@ -6,7 +6,7 @@ from starlette.types import Scope, Send
 
 from app.errors import ChordError
 from app.server.errors import error_response
-from app.server.records import new_request_id
+from app.service.records import new_request_id
 
 
 async def send_error(error: ChordError, scope: Scope, send: Send, request_id: str | None = None) -> None:

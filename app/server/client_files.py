@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import ChordError
+from app.errors import ForbiddenPath, PayloadTooLarge
 from app.server.asgi_errors import send_error
 from app.server.request_body import read_body, replay
-from app.uploads import PayloadTooLarge
+from app.ui.upload_cache import check_cached_file, upload_folder
 
 logger = logging.getLogger(__name__)
 
@@ -34,18 +32,6 @@ GRADIO_PREFIX = "/gradio_api/"
 UNGUARDED = ("/gradio_api/upload",)
 # A Gradio event's JSON holds phrases, numbers and file references: small.
 MAX_EVENT_JSON_BYTES = 1_000_000
-
-
-class ForbiddenPath(ChordError):
-    status = 403
-    code = "forbidden_path"
-
-
-def upload_folder() -> Path:
-    """Gradio's upload cache, as Gradio itself computes it (``GRADIO_TEMP_DIR`` or the temp dir's ``gradio``)."""
-    from gradio.utils import get_upload_folder
-
-    return Path(os.path.realpath(get_upload_folder()))
 
 
 def client_paths(value: object) -> Iterator[object]:
@@ -58,25 +44,6 @@ def client_paths(value: object) -> Iterator[object]:
     elif isinstance(value, list):
         for item in value:
             yield from client_paths(item)
-
-
-def check_cached_file(path: object, folder: Path) -> Path:
-    """The resolved path when ``path`` names a regular file inside ``folder``; ForbiddenPath otherwise.
-
-    Blocking (``realpath`` and ``stat``): call it off the event loop.
-    """
-    if not isinstance(path, str) or not path or "\x00" in path:
-        raise ForbiddenPath("a file reference must be a path Gradio's upload returned")
-    resolved = Path(os.path.realpath(path))
-    if not resolved.is_relative_to(folder) or resolved == folder:
-        raise ForbiddenPath("only files uploaded to this server can be used: upload the file first")
-    try:
-        mode = os.stat(resolved).st_mode
-    except OSError:
-        raise ForbiddenPath("the uploaded file is gone: upload it again") from None
-    if not stat.S_ISREG(mode):
-        raise ForbiddenPath("only files uploaded to this server can be used: upload the file first")
-    return resolved
 
 
 def check_event_body(body: bytes, folder: Path) -> None:
@@ -112,17 +79,3 @@ class ClientFileGuard:
             logger.warning("refused %s from %s: %s", path, client, error.message)
             return await send_error(error, scope, send)
         await self.app(scope, replay(body, receive), send)
-
-
-async def read_cached_upload(path: str, limit: int) -> bytes:
-    """The bytes of a file Gradio's upload put in its cache (checked again here); 413 past ``limit``."""
-    resolved = await anyio.to_thread.run_sync(check_cached_file, path, upload_folder())
-
-    def read() -> bytes:
-        with open(resolved, "rb") as file:
-            data = file.read(limit + 1)
-        if len(data) > limit:
-            raise PayloadTooLarge(f"the upload is larger than {limit / 1e6:.1f} MB (MAX_UPLOAD_BYTES)")
-        return data
-
-    return await anyio.to_thread.run_sync(read)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Form, Request
 
-from app.options import GroundingOptions
+from app.grounding.options import GroundingOptions
 
 MAX_NEW_TOKENS_HELP = "Most tokens the model may generate for this answer; default MAX_NEW_TOKENS from the settings."
 SCORE_THRESHOLD_HELP = (

@@ -20,9 +20,10 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.server.errors import TooManyLoginAttempts, error_response
-from app.server.metrics import Metrics
-from app.server.records import new_request_id
+from app.errors import TooManyLoginAttempts
+from app.server.errors import error_response
+from app.service.metrics import Metrics
+from app.service.records import new_request_id
 
 logger = logging.getLogger(__name__)
 

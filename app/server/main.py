@@ -11,16 +11,16 @@ from fastapi import FastAPI
 from starlette.routing import Mount
 
 from app.errors import ChordError
-from app.server import metrics, routes_api, routes_health, routes_video
+from app.server import routes_api, routes_health, routes_metrics, routes_video
 from app.server.access import ApiKeyMiddleware, ui_logins, warn_if_exposed
 from app.server.client_files import ClientFileGuard
 from app.server.errors import install_error_handlers
 from app.server.login_guard import LoginGuard
 from app.server.request_body import BodyLimit
 from app.server.routes_fallback import unknown_api_paths
-from app.server.service import GroundingService, Loader, load_engine
+from app.service.service import GroundingService, Loader, load_engine
 from app.settings import PROJECT_ROOT, Settings
-from app.ui import CSS, build_ui
+from app.ui.page import CSS, build_ui
 
 DESCRIPTION = (
     "Visual grounding: send an image and a phrase, get boxes back in pixels of that image. "
@@ -66,7 +66,7 @@ def create_app(
     install_error_handlers(app)
     # Chord's routes first: routes added after the mount at "/" would never be reached.
     app.include_router(routes_health.router)
-    app.include_router(metrics.router)
+    app.include_router(routes_metrics.router)
     app.include_router(routes_api.router)
     app.include_router(routes_video.router)
     app.include_router(unknown_api_paths(routes_api.router, routes_video.router))  # last of the /api routers

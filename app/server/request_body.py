@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import PayloadTooLarge
 from app.server.asgi_errors import send_error
-from app.uploads import PayloadTooLarge
 
 BODY_METHODS = ("POST", "PUT", "PATCH")
 

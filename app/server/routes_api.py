@@ -11,12 +11,11 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from app.errors import ChordError, InvalidImage, InvalidRequest
-from app.options import GroundingOptions
-from app.result import GroundingResult
+from app.errors import ChordError, InvalidImage, InvalidRequest, PayloadTooLarge
+from app.grounding.options import GroundingOptions
+from app.grounding.result import GroundingResult
 from app.server.errors import as_chord_error, error_body, error_response
 from app.server.forms import image_options
-from app.server.records import RequestRecord
 from app.server.schemas import (
     PROMPT_HELP,
     BatchResponse,
@@ -24,7 +23,7 @@ from app.server.schemas import (
     PredictRequest,
     error_responses,
 )
-from app.uploads import PayloadTooLarge
+from app.service.records import RequestRecord
 
 logger = logging.getLogger(__name__)
 

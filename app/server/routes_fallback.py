@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.routing import Match
 
-from app.server.errors import MethodNotAllowed, NotFound
+from app.errors import MethodNotAllowed, NotFound
 from app.server.routes_api import RecordedRoute
 
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

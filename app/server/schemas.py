@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from app.server.errors import ERROR_CODES
+from app.errors import ERROR_CODES
 from app.server.forms import MAX_NEW_TOKENS_HELP, PROMPT_TEMPLATE_HELP, SCORE_THRESHOLD_HELP, TILING_HELP
 
 PROMPT_HELP = (

@@ -19,25 +19,24 @@ import anyio
 from PIL import Image
 
 from app.engine.base import Engine, GroundingRequest
-from app.errors import ChordError, ModelLoadError, ModelNotReady
-from app.options import GroundingOptions
-from app.result import GroundingResult
-from app.scheduler import BatchScheduler, RequestTimeout
-from app.server.errors import EmptyPrompt, as_chord_error
-from app.server.metrics import Metrics
-from app.server.pixel_budget import PixelBudget
-from app.server.records import RequestRecord
-from app.settings import Settings
-from app.tiling import Fit, combine, rescale_result, shift_result, tile_windows
-from app.uploads import (
-    FittedImage,
+from app.errors import (
+    ChordError,
+    EmptyPrompt,
     ImageTooLarge,
-    UploadLimits,
-    clean_prompt,
-    clean_template,
-    decode_upload,
-    read_header,
+    ModelLoadError,
+    ModelNotReady,
+    RequestTimeout,
+    chord_error_of,
 )
+from app.grounding.options import GroundingOptions
+from app.grounding.result import GroundingResult
+from app.grounding.tiling import Fit, combine, rescale_result, shift_result, tile_windows
+from app.service.metrics import Metrics
+from app.service.pixel_budget import PixelBudget
+from app.service.records import RequestRecord
+from app.service.scheduler import BatchScheduler
+from app.service.uploads import FittedImage, UploadLimits, clean_prompt, clean_template, decode_upload, read_header
+from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +129,7 @@ class GroundingService:
         self._load_seconds = time.perf_counter() - started
         self.metrics.model_load_seconds.set(self._load_seconds)
         if engine.info.device.startswith("cuda"):
-            from app.engine.runtime import cuda_memory_allocated
-
-            # The model's own process reports its memory with each batch; in this process torch knows it.
-            self.metrics.watch_gpu_memory(getattr(engine, "gpu_memory_allocated", cuda_memory_allocated))
+            self.metrics.watch_gpu_memory(engine.gpu_memory_allocated)
         self._scheduler = BatchScheduler(
             engine,
             max_batch_size=self.settings.max_batch_size,
@@ -158,9 +154,8 @@ class GroundingService:
     def close(self) -> None:
         if self._scheduler is not None:
             self._scheduler.stop()
-        close_engine = getattr(self._engine, "close", None)
-        if close_engine is not None:
-            close_engine()
+        if self._engine is not None:
+            self._engine.close()
 
     # --- state ---------------------------------------------------------------------------
     @property
@@ -170,7 +165,7 @@ class GroundingService:
     @property
     def healthy(self) -> bool:
         """Ready, and (for an engine behind HTTP) the engine answered its last check."""
-        return self.ready and getattr(self._engine, "reachable", True)
+        return self.ready and self._engine.reachable
 
     @property
     def loading(self) -> bool:
@@ -199,9 +194,9 @@ class GroundingService:
                 in_flight=self._in_flight,
                 load_seconds=round(self._load_seconds, 1),
             )
-            engine_health = getattr(self._engine, "health", None)
+            engine_health = self._engine.health()
             if engine_health is not None:
-                body["engine"] = engine_health()
+                body["engine"] = engine_health
                 if not self.healthy:
                     body["status"] = "engine_unreachable"
         elif self._load_error is not None:
@@ -297,7 +292,7 @@ class GroundingService:
             try:
                 return await self.ground_upload(data, phrases, record, options)
             except Exception as exc:  # noqa: BLE001 - each item reports its own failure
-                error = as_chord_error(exc)
+                error = chord_error_of(exc)
                 if error.code == "internal_error":
                     logger.error("request id=%s: a batch item failed", request_id, exc_info=exc)
                 return error

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.families import CoordinateSystem, Family
-from app.geometry import scale_box, scale_point, to_pixel_box, to_pixel_point
-from app.parsing import ParsedAnswer
+from app.grounding.families import CoordinateSystem, Family
+from app.grounding.geometry import scale_box, scale_point, to_pixel_box, to_pixel_point
+from app.grounding.parsing import ParsedAnswer
 
 RELATIVE_GRID_WH = (1000, 1000)
 

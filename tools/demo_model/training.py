@@ -43,8 +43,8 @@ from app.engine.tiny_checkpoint import (
     build_tokenizer,
     generation_config,
 )
-from app.families import Family
-from app.prompts import grounding_prompt
+from app.grounding.families import Family
+from app.grounding.prompts import grounding_prompt
 
 logger = logging.getLogger(__name__)
 

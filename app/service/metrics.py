@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    generate_latest,
 )
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
@@ -100,13 +96,3 @@ class Metrics:
         self.latency.labels(endpoint).observe(seconds)
         if error_code is not None:
             self.errors.labels(error_code).inc()
-
-
-router = APIRouter(tags=["operations"])
-
-
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-async def metrics(request: Request) -> Response:
-    """Prometheus text: requests, latency, errors, in-flight requests, model load time, GPU memory."""
-    registry = request.app.state.service.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from app.demo.scenes import make_scene, pick_target, scene_rng
-from app.geometry import iou
+from app.grounding.geometry import iou
 
 IOU_HIT = 0.5
 # The bar of issue 7: at least this share of fresh scenes must reach IoU >= 0.5.

@@ -15,15 +15,14 @@ import gradio as gr
 from PIL import Image
 
 from app.demo.examples import write_demo_examples
-from app.errors import ChordError
-from app.result import GroundingResult
-from app.server.client_files import read_cached_upload
-from app.server.errors import MissingImage
-from app.server.records import RequestRecord
-from app.server.service import GroundingService
-from app.tiling import Fit
-from app.ui_media import SCHEDULER_DECIDES, annotate, build_batch_tab, build_video_tab
-from app.uploads import UploadLimits, decode_upload
+from app.errors import ChordError, MissingImage
+from app.grounding.result import GroundingResult
+from app.grounding.tiling import Fit
+from app.service.records import RequestRecord
+from app.service.service import GroundingService
+from app.service.uploads import UploadLimits, decode_upload
+from app.ui.media import SCHEDULER_DECIDES, annotate, build_batch_tab, build_video_tab
+from app.ui.upload_cache import read_cached_upload
 
 logger = logging.getLogger(__name__)
 

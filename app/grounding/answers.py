@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.families import Family
-from app.mapping import map_answer
-from app.parsing import parse_answer
-from app.result import GroundingResult
-from app.scoring import span_scores, token_char_spans
+from app.grounding.families import Family
+from app.grounding.mapping import map_answer
+from app.grounding.parsing import parse_answer
+from app.grounding.result import GroundingResult
+from app.grounding.scoring import span_scores, token_char_spans
 
 UNLABELLED = "object"
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from app.errors import ChordError, InvalidImage, InvalidRequest
-from app.images import to_model_rgb
-from app.tiling import Fit
+from app.errors import ImageTooLarge, InvalidImage, InvalidRequest, PayloadTooLarge, PromptTooLong, UnsupportedMediaType
+from app.grounding.tiling import Fit
+from app.service.images import to_model_rgb
 
 ACCEPTED_FORMATS = {
     "JPEG": "JPEG",
@@ -29,6 +29,8 @@ ACCEPTED_FORMATS = {
     "MPO": "JPEG",
 }
 ACCEPTED_TEXT = "JPEG, PNG, WebP, BMP, GIF (first frame), TIFF"
+# File names taken as images in folders and zips.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Containers people send by mistake, recognised by their first bytes.
 _KNOWN_OTHERS = (
     (
@@ -58,25 +60,6 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Qwen's special tokens (<|image_pad|>, <|vision_start|>, <|im_end|>, ...): as text they would forge
 # the chat template or the image placeholders.
 _MODEL_CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,64}\|>")
-
-
-class UnsupportedMediaType(ChordError):
-    status = 415
-    code = "unsupported_media_type"
-
-
-class PayloadTooLarge(ChordError):
-    status = 413
-    code = "payload_too_large"
-
-
-class ImageTooLarge(ChordError):
-    status = 413
-    code = "image_too_large"
-
-
-class PromptTooLong(InvalidRequest):
-    code = "prompt_too_long"
 
 
 @dataclass(frozen=True)

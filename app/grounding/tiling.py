@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from app.geometry import Box, Point, scale_box, scale_point, to_pixel_box, to_pixel_point
-from app.result import GroundingResult
+from app.grounding.geometry import Box, Point, scale_box, scale_point, to_pixel_box, to_pixel_point
+from app.grounding.result import GroundingResult
 
 TILE_OVERLAP = 0.2
 # Qwen's processors refuse images more than 200 times longer than wide; pad well before that.

@@ -31,32 +31,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from app.engine.base import Engine, GroundingRequest
-from app.errors import ChordError
-from app.result import GroundingResult
+from app.errors import QueueFull, RequestTimeout, ShuttingDown
+from app.grounding.result import GroundingResult
 
 logger = logging.getLogger(__name__)
 
 
 CONTINUOUS_CHUNK = 4  # requests prepared together when batching continuously (see docs/benchmarks.md)
-
-
-class QueueFull(ChordError):
-    status = 503
-    code = "busy"
-
-    def __init__(self, message: str, retry_after_s: int):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class RequestTimeout(ChordError):
-    status = 504
-    code = "timeout"
-
-
-class ShuttingDown(ChordError):
-    status = 503
-    code = "shutting_down"
 
 
 class BatchObserver(Protocol):
@@ -116,8 +97,9 @@ class BatchScheduler:
         self.max_queue = max_queue
         self.request_timeout_s = request_timeout_s
         self._observer = observer
-        self._prepares = getattr(engine, "prepare", None) is not None
-        self.continuous = continuous and self._prepares and max_batch_size > 1 and getattr(engine, "continuous", False)
+        self._batching = engine.batching
+        self._prepares = self._batching is not None
+        self.continuous = continuous and max_batch_size > 1 and self._prepares and self._batching.continuous
         self._in_flight = 0  # rows decoding (continuous batching)
         # Continuous batching prepares in small chunks: the first requests of a burst join the
         # running batch while the rest are still being prepared.
@@ -231,7 +213,7 @@ class BatchScheduler:
         if not self._prepares:
             return [_Chunk(jobs, None)]
         try:
-            return [_Chunk(jobs, self.engine.prepare([job.request for job in jobs]))]
+            return [_Chunk(jobs, self._batching.prepare([job.request for job in jobs]))]
         except Exception as exc:  # noqa: BLE001 - one bad request must not fail its batch-mates
             if len(jobs) == 1:
                 self._left_queue(1)
@@ -298,14 +280,16 @@ class BatchScheduler:
     def _run(self, chunks: list[_Chunk]) -> None:
         collected_at = time.monotonic()
         batch = [job for chunk in chunks for job in chunk.jobs]
-        prepared = self.engine.merge([c.prepared for c in chunks]) if self._prepares else None
+        prepared = self._batching.merge([c.prepared for c in chunks]) if self._prepares else None
         self._generate(batch, collected_at, prepared)
 
     def _generate(self, batch: list[_Job], collected_at: float, prepared) -> None:
         started = time.monotonic()
         requests = [job.request for job in batch]
         try:
-            results = self.engine.generate(requests, prepared) if prepared is not None else self.engine.ground(requests)
+            results = (
+                self._batching.generate(requests, prepared) if prepared is not None else self.engine.ground(requests)
+            )
         except Exception as exc:  # noqa: BLE001
             if len(batch) > 1:
                 logger.warning("a batch of %d failed (%s); running its requests one by one", len(batch), exc)
@@ -332,8 +316,8 @@ class BatchScheduler:
         with self._ready_changed:
             self._in_flight += len(batch)
         try:
-            prepared = self.engine.merge([c.prepared for c in chunks])
-            rows = self.engine.start([job.request for job in batch], prepared)
+            prepared = self._batching.merge([c.prepared for c in chunks])
+            rows = self._batching.start([job.request for job in batch], prepared)
         except Exception as exc:  # noqa: BLE001
             for job in batch:
                 self._row_done(job, admitted, exc)

@@ -16,22 +16,20 @@ import anyio
 import gradio as gr
 from PIL import Image
 
-from app.batch.coco import to_coco
-from app.batch.files import IMAGE_EXTENSIONS
-from app.batch.runner import image_record
-from app.batch.video import AnnotatedVideo, SampledFrame
-from app.drawing import draw_result
-from app.errors import ChordError, InvalidImage, InvalidRequest
-from app.fonts import label_font
-from app.options import GroundingOptions
-from app.result import GroundingResult
-from app.server.client_files import check_cached_file, upload_folder
-from app.server.errors import MissingImage, error_body
-from app.server.records import RequestRecord
-from app.server.routes_video import ground_clip
-from app.server.service import GroundingService
-from app.tiling import Fit, rescale_result
-from app.uploads import FittedImage, PayloadTooLarge, UploadLimits, decode_upload
+from app.errors import ChordError, InvalidImage, InvalidRequest, MissingImage, PayloadTooLarge
+from app.grounding.coco import to_coco
+from app.grounding.drawing import draw_result
+from app.grounding.fonts import label_font
+from app.grounding.options import GroundingOptions
+from app.grounding.records import image_record
+from app.grounding.result import GroundingResult
+from app.grounding.tiling import Fit, rescale_result
+from app.service.clips import ground_clip
+from app.service.frames import AnnotatedVideo, SampledFrame
+from app.service.records import RequestRecord
+from app.service.service import GroundingService
+from app.service.uploads import IMAGE_EXTENSIONS, FittedImage, UploadLimits, decode_upload
+from app.ui.upload_cache import check_cached_file, upload_folder
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +68,7 @@ class MediaUI:
                     thumbnail = await anyio.to_thread.run_sync(_thumbnail, data, limits, outcome)
                     gallery.append((thumbnail, f"{name} · {len(outcome.boxes)} boxes"))
                 else:
-                    records.append(image_record(name, phrases, error_body(outcome, record.request_id)))
+                    records.append(image_record(name, phrases, outcome.to_dict(record.request_id)))
             downloads = await anyio.to_thread.run_sync(_write_exports, records, phrases)
         except ChordError as exc:
             record.finish(self.service.metrics, exc.status, exc.code)

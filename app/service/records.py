@@ -7,7 +7,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from app.server.metrics import Metrics
+from app.service.metrics import Metrics
 
 logger = logging.getLogger("app.server.requests")
 

@@ -14,8 +14,7 @@ import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from app.scheduler import QueueFull
-from app.uploads import ImageTooLarge
+from app.errors import ImageTooLarge, QueueFull
 
 
 class PixelHold:

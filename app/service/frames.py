@@ -24,9 +24,8 @@ from typing import BinaryIO
 import av
 from PIL import Image
 
-from app.errors import InvalidVideo, VideoTooLong
-from app.tiling import Fit
-from app.uploads import ImageTooLarge
+from app.errors import ImageTooLarge, InvalidVideo, VideoTooLong
+from app.grounding.tiling import Fit
 
 # A duration a container reports may run a little past the last frame.
 DURATION_SLACK_S = 0.5

@@ -13,8 +13,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from app.families import AnswerDialect, CoordinateSystem, Family
-from app.geometry import Box, Point, clamp_box, clamp_point, is_finite_box, ordered
+from app.grounding.families import AnswerDialect, CoordinateSystem, Family
+from app.grounding.geometry import Box, Point, clamp_box, clamp_point, is_finite_box, ordered
 
 # An answer longer than this is treated as truncated here; real answers are a few thousand characters.
 MAX_ANSWER_CHARS = 200_000

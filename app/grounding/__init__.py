@@ -1,0 +1,1 @@
+"""The pure grounding core: answer text to boxes in original-image pixels, and drawing them. No I/O."""
