@@ -1,5 +1,5 @@
 """Every error Chord reports, in one place: each class declares its HTTP status, its stable code and
-when it happens, once. ``ERROR_CODES`` is built from them; the README's error table says the same
+when it happens, once. ``ERROR_CODES`` is built from them; the error table in docs/api.md says the same
 (``tests/test_error_table.py`` checks both ways). How an error becomes an HTTP answer lives in
 ``app/server/errors.py``.
 """

@@ -87,7 +87,7 @@ def test_scores_are_token_probabilities(tiny_engine):
     # Ask the engine's own recorder for the same step.
     from transformers import LogitsProcessorList
 
-    from app.engine.transformers_engine import ChosenTokenLogprobs
+    from app.engine.local_model import ChosenTokenLogprobs
 
     recorder = ChosenTokenLogprobs()
     with torch.inference_mode():
