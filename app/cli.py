@@ -41,9 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     ground.add_argument("image", help="image file")
     ground.add_argument("phrase", nargs="+", help="one or more phrases, e.g. 'the white vase'")
     ground.add_argument("--out", help="also write the image with boxes drawn to this file")
-    ground.add_argument("--max-new-tokens", type=int, default=None, help="override MAX_NEW_TOKENS")
+    _option_arguments(ground, tiling=True)
     ground.add_argument("--model", default=None, help="override MODEL_PATH")
-    ground.set_defaults(handler=_ground)
+    ground.set_defaults(handler=_ground, batch_size=None)
 
     batch = commands.add_parser("batch", help="ground phrases in every image of a folder (resumable)")
     batch.add_argument("input_dir", help="folder of images (by extension: jpg, png, webp, bmp, gif, tiff)")
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--coco", default=None, help="also write the results in COCO detection format to this file")
     batch.add_argument("--server", default=None, help="ground on a running Chord server at this URL instead")
     batch.add_argument("--batch-size", type=int, default=None, help="images per batch (default MAX_BATCH_SIZE)")
-    batch.add_argument("--max-new-tokens", type=int, default=None, help="override MAX_NEW_TOKENS")
+    _option_arguments(batch, tiling=True)
     batch.add_argument("--model", default=None, help="override MODEL_PATH (in-process only)")
     batch.set_defaults(handler=_batch)
 
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     video.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default 1)")
     video.add_argument("--annotated", action="store_true", help="also write the sampled frames with boxes as an MP4")
     video.add_argument("--batch-size", type=int, default=None, help="frames per batch (default MAX_BATCH_SIZE)")
-    video.add_argument("--max-new-tokens", type=int, default=None, help="override MAX_NEW_TOKENS")
+    _option_arguments(video, tiling=False)
     video.add_argument("--model", default=None, help="override MODEL_PATH")
     video.set_defaults(handler=_video)
 
@@ -82,6 +82,18 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--init-std", type=float, default=0.02, help="std of the random weights")
     tiny.set_defaults(handler=_tiny_model)
     return parser
+
+
+def _option_arguments(command: argparse.ArgumentParser, tiling: bool) -> None:
+    """The grounding options every front end takes (REST form fields, the UI's Advanced settings)."""
+    command.add_argument("--max-new-tokens", type=int, default=None, help="override MAX_NEW_TOKENS")
+    command.add_argument("--score-threshold", type=float, default=0.0, help="drop boxes scored below this (0..1)")
+    command.add_argument("--prompt-template", default=None, help="your own prompt holding {targets}")
+    if tiling:
+        command.add_argument("--tiling", action=argparse.BooleanOptionalAction, default=None,
+                             help="ground huge images tile by tile too (default TILING)")  # fmt: skip
+    else:
+        command.set_defaults(tiling=None)
 
 
 def _wh(text: str) -> tuple[int, int]:
@@ -149,33 +161,22 @@ def _serve(args) -> int:
 
 
 def _ground(args) -> int:
-    from app.logs import configure_logging
-    from app.settings import load_settings
+    from pathlib import Path
 
-    overrides = {k: v for k, v in {"model_path": args.model}.items() if v is not None}
-    settings = load_settings(**overrides)
-    configure_logging(settings.log_level, stream=sys.stderr)
-    logger.info("settings: %s", settings.describe())
-
-    from app.engine.base import GroundingRequest
-    from app.grounding.drawing import draw_result
-    from app.grounding.fonts import label_font
-    from app.grounding.prompts import clean_phrases
+    from app.grounding.drawing import annotate
     from app.service.images import open_image
-    from app.service.service import load_engine
+    from app.service.records import RequestRecord
 
-    image = open_image(args.image)
-    engine = load_engine(settings, own_process=False)  # one answer: a second process would only cost its start
-    request = GroundingRequest(image, clean_phrases(args.phrase), max_new_tokens=args.max_new_tokens)
-    result = engine.ground([request])[0]
-    if isinstance(result, ChordError):
-        raise result
+    settings = _tool_settings(args, model_process=False)  # one answer: a second process would only cost its start
+    with _in_process(settings) as chord:
+        service = chord.service
+        phrases = service.phrases("\n".join(args.phrase))
+        options = _options(service, args)
+        data = Path(args.image).read_bytes()
+        result = chord.run(service.ground_upload(data, phrases, RequestRecord(endpoint="cli:ground"), options))
     print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     if args.out:
-        font = label_font(max(12, min(image.size) // 30))
-        draw_result(image, result.boxes, result.labels, result.scores, result.points, result.point_labels, font).save(
-            args.out
-        )
+        annotate(open_image(args.image), result).save(args.out)
         logger.info("annotated image written to %s", args.out)
     return 0
 
@@ -184,13 +185,27 @@ def _batch(args) -> int:
     from pathlib import Path
 
     from app.batch.runner import RESULTS_NAME, recorded_paths, run_batch
-    from app.grounding.prompts import clean_phrases
+    from app.grounding.prompts import split_phrases
 
-    phrases = clean_phrases([*args.phrase, *args.more_phrases])
+    prompt = "\n".join([*args.phrase, *args.more_phrases])
+    phrases = split_phrases(prompt, max_chars=1 << 20)
     recorded_paths(Path(args.out) / RESULTS_NAME, phrases)  # refuse a mixed output before loading the model
     settings = _tool_settings(args)
     batch_size = args.batch_size or settings.max_batch_size
-    grounder = _grounder(args.server, settings, batch_size)
+    if args.server:
+        from app.batch.grounders import ServerGrounder
+        from app.grounding.options import GroundingOptions
+        from app.grounding.prompts import clean_template
+
+        grounder = ServerGrounder(args.server, timeout_s=max(600.0, settings.request_timeout_s))
+        template = clean_template(args.prompt_template, settings.max_prompt_chars)
+        options = GroundingOptions(args.max_new_tokens, args.score_threshold, template, args.tiling)
+    else:
+        from app.batch.grounders import ServiceGrounder
+
+        chord = _in_process(settings.model_copy(update={"max_batch_size": batch_size}))
+        grounder = ServiceGrounder(chord)
+        options = _options(chord.service, args)
     try:
         summary = run_batch(
             args.input_dir,
@@ -201,7 +216,7 @@ def _batch(args) -> int:
             recursive=args.recursive,
             annotated=args.annotated,
             coco_path=args.coco,
-            max_new_tokens=args.max_new_tokens,
+            options=options,
         )
     except KeyboardInterrupt:
         print(f"interrupted: re-run the same command to resume from {args.out}/{RESULTS_NAME}", file=sys.stderr)
@@ -215,57 +230,50 @@ def _batch(args) -> int:
 
 def _video(args) -> int:
     from app.batch.video_runner import ANNOTATED_NAME, FRAMES_NAME, run_video
-    from app.grounding.prompts import clean_phrases
 
     if not args.fps > 0:
         raise ValueError(f"--fps must be positive, got {args.fps}")
-    phrases = clean_phrases(args.phrase)
     settings = _tool_settings(args)
-    batch_size = args.batch_size or settings.max_batch_size
-    grounder = _grounder(None, settings, batch_size)
-    try:
-        summary = run_video(
-            args.video,
-            phrases,
-            args.out,
-            grounder,
-            fps=args.fps,
-            batch_size=batch_size,
-            annotated=args.annotated,
-            max_new_tokens=args.max_new_tokens,
-        )
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        grounder.close()
+    if args.batch_size:
+        settings = settings.model_copy(update={"max_batch_size": args.batch_size})
+    with _in_process(settings) as chord:
+        phrases = chord.service.phrases("\n".join(args.phrase))
+        options = _options(chord.service, args)
+        try:
+            summary = run_video(chord, args.video, phrases, args.out, fps=args.fps, annotated=args.annotated,
+                                options=options)  # fmt: skip
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
     print(f"done: {summary.line()}")
     print(f"frames: {args.out}/{FRAMES_NAME}" + (f", video: {args.out}/{ANNOTATED_NAME}" if args.annotated else ""))
     return 0
 
 
-def _tool_settings(args):
+def _tool_settings(args, **overrides):
+    """The server's settings (config file and environment), with this command's overrides."""
     from app.logs import configure_logging
     from app.settings import load_settings
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    overrides = {k: v for k, v in {"model_path": args.model}.items() if v is not None}
+    if args.model is not None:
+        overrides["model_path"] = args.model
     settings = load_settings(**overrides)
     configure_logging(settings.log_level, stream=sys.stderr)
+    logger.info("settings: %s", settings.describe())
     return settings
 
 
-def _grounder(server: str | None, settings, batch_size: int):
-    if server:
-        from app.batch.grounders import ServerGrounder
+def _in_process(settings):
+    from app.batch.in_process import InProcessService
 
-        return ServerGrounder(server, timeout_s=max(600.0, settings.request_timeout_s))
-    from app.batch.grounders import SchedulerGrounder
-    from app.engine.transformers_engine import TransformersEngine
+    return InProcessService(settings)
 
-    engine = TransformersEngine.load(settings)
-    return SchedulerGrounder(engine, batch_size, settings.max_batch_wait_ms, settings.request_timeout_s)
+
+def _options(service, args):
+    """The command's grounding options, checked by the service as every front end's are."""
+    return service.options(args.max_new_tokens, args.score_threshold, args.prompt_template, args.tiling)
 
 
 def _parse(args) -> int:

@@ -1,9 +1,10 @@
-"""Two ways to ground a chunk of images: in this process through the batching scheduler, or on a server.
+"""Two ways to ground a chunk of image files: in this process through the grounding service, or on a server.
 
 Both return one result dict (``GroundingResult.to_dict()`` shape) or one ``{"error": {...}}`` per
-image, in order. A failure of the service itself (queue full, timeout, server unreachable or
-still loading) is retried a few times and then raised as ``ServiceUnavailable``: those images
-are not recorded, so a re-run grounds them.
+file, in order, and both ground exactly as the REST API does (the same decoding, fitting, phrases and
+options). A failure of the service itself (queue full, timeout, server unreachable or still loading)
+is retried a few times and then raised as ``ServiceUnavailable``: those images are not recorded, so a
+re-run grounds them.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import logging
 import mimetypes
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
 from pathlib import Path
 
-from PIL import Image
-
-from app.engine.base import Engine, GroundingRequest
+from app.batch.in_process import InProcessService
 from app.errors import ChordError, ServiceUnavailable
-from app.service.scheduler import BatchScheduler
+from app.grounding.options import GroundingOptions
+from app.grounding.result import GroundingResult
+from app.service.records import new_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -28,37 +28,28 @@ TRANSIENT_CODES = frozenset({"busy", "timeout", "shutting_down", "model_loading"
 RETRIES = 6
 
 
-class SchedulerGrounder:
-    """In-process: every image of a chunk is submitted at once, so the scheduler batches them."""
+class ServiceGrounder:
+    """In-process: the chunk's files go to the grounding service together, so the scheduler batches them."""
 
-    def __init__(self, engine: Engine, batch_size: int, max_batch_wait_ms: float, request_timeout_s: float):
-        self.scheduler = BatchScheduler(
-            engine,
-            max_batch_size=batch_size,
-            max_batch_wait_ms=max_batch_wait_ms,
-            max_queue=max(64, 2 * batch_size),
-            request_timeout_s=request_timeout_s,
-        )
+    def __init__(self, chord: InProcessService):
+        self.chord = chord
 
-    def ground(
-        self, phrases: tuple[str, ...], items: Sequence[tuple[Path, Image.Image]], max_new_tokens: int | None = None
-    ) -> list[dict]:
-        futures = [self.scheduler.submit(GroundingRequest(image, phrases, max_new_tokens)) for _, image in items]
-        return [_outcome(future) for future in futures]
+    def ground(self, phrases: tuple[str, ...], paths: Sequence[Path], options: GroundingOptions) -> list[dict]:
+        items = [(path.read_bytes(), phrases) for path in paths]
+        service = self.chord.service
+        outcomes = self.chord.run(service.ground_uploads(items, options, new_request_id()))
+        return [_outcome(outcome) for outcome in outcomes]
 
     def close(self) -> None:
-        self.scheduler.stop(timeout_s=5)
+        self.chord.close()
 
 
-def _outcome(future: Future) -> dict:
-    try:
-        return future.result().to_dict()
-    except ChordError as exc:
-        if exc.code in TRANSIENT_CODES:
-            raise ServiceUnavailable(f"the model could not answer: {exc.message}") from exc
-        return exc.to_dict()
-    except Exception as exc:  # noqa: BLE001 - a model fault on one image is that image's failure
-        return {"error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}
+def _outcome(outcome: GroundingResult | ChordError) -> dict:
+    if isinstance(outcome, GroundingResult):
+        return outcome.to_dict()
+    if outcome.code in TRANSIENT_CODES:
+        raise ServiceUnavailable(f"the model could not answer: {outcome.message}") from outcome
+    return outcome.to_dict()
 
 
 class ServerGrounder:
@@ -71,13 +62,11 @@ class ServerGrounder:
         self._client = httpx.Client(timeout=timeout_s)
         self._transport_error = httpx.TransportError
 
-    def ground(
-        self, phrases: tuple[str, ...], items: Sequence[tuple[Path, Image.Image]], max_new_tokens: int | None = None
-    ) -> list[dict]:
-        results: list[dict | None] = [None] * len(items)
-        pending = list(range(len(items)))
+    def ground(self, phrases: tuple[str, ...], paths: Sequence[Path], options: GroundingOptions) -> list[dict]:
+        results: list[dict | None] = [None] * len(paths)
+        pending = list(range(len(paths)))
         for attempt in range(RETRIES):
-            answered, wait_s = self._post(phrases, [items[i][0] for i in pending], max_new_tokens)
+            answered, wait_s = self._post(phrases, [paths[i] for i in pending], options)
             still = []
             for index, result in zip(pending, answered or [None] * len(pending), strict=True):
                 code = (result or {}).get("error", {}).get("code") if result else "unreachable"
@@ -94,14 +83,11 @@ class ServerGrounder:
         raise ServiceUnavailable(f"{self.url} did not answer {len(pending)} images after {RETRIES} attempts")
 
     def _post(
-        self, phrases: tuple[str, ...], paths: list[Path], max_new_tokens: int | None
+        self, phrases: tuple[str, ...], paths: list[Path], options: GroundingOptions
     ) -> tuple[list[dict] | None, float | None]:
         files = [("images", (p.name, p.read_bytes(), mimetypes.guess_type(p.name)[0] or "image/png")) for p in paths]
-        data: dict = {"prompt": "\n".join(phrases)}
-        if max_new_tokens is not None:
-            data["max_new_tokens"] = str(max_new_tokens)
         try:
-            response = self._client.post(self.url, files=files, data=data)
+            response = self._client.post(self.url, files=files, data=form_fields(phrases, options))
         except self._transport_error as exc:
             logger.warning("%s: %s", self.url, exc)
             return None, None
@@ -113,3 +99,15 @@ class ServerGrounder:
 
     def close(self) -> None:
         self._client.close()
+
+
+def form_fields(phrases: tuple[str, ...], options: GroundingOptions) -> dict[str, str]:
+    """The REST form of a prompt and its options (fields left at their defaults are not sent)."""
+    data = {"prompt": "\n".join(phrases), "score_threshold": str(options.score_threshold)}
+    if options.max_new_tokens is not None:
+        data["max_new_tokens"] = str(options.max_new_tokens)
+    if options.prompt_template:
+        data["prompt_template"] = options.prompt_template
+    if options.tiling is not None:
+        data["tiling"] = str(options.tiling).lower()
+    return data

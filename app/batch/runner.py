@@ -17,15 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from PIL import Image
-
 from app.batch.files import find_images
 from app.batch.jsonl import JsonlWriter, read_records
-from app.errors import InvalidImage
 from app.grounding.coco import to_coco
-from app.grounding.drawing import draw_result
-from app.grounding.fonts import label_font
+from app.grounding.drawing import annotate
+from app.grounding.options import GroundingOptions
 from app.grounding.records import image_record
+from app.grounding.result import GroundingResult
 from app.service.images import open_image
 
 logger = logging.getLogger(__name__)
@@ -35,9 +33,11 @@ ANNOTATED_DIR = "annotated"
 
 
 class Grounder(Protocol):
-    def ground(
-        self, phrases: tuple[str, ...], items: Sequence[tuple[Path, Image.Image]], max_new_tokens: int | None = None
-    ) -> list[dict]: ...
+    """Grounds image files; one result or error dict per file, in order (app/batch/grounders.py)."""
+
+    def ground(self, phrases: tuple[str, ...], paths: Sequence[Path], options: GroundingOptions) -> list[dict]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -71,7 +71,7 @@ def run_batch(
     recursive: bool = False,
     annotated: bool = False,
     coco_path: str | Path | None = None,
-    max_new_tokens: int | None = None,
+    options: GroundingOptions | None = None,
 ) -> BatchSummary:
     """Ground every image of ``input_dir`` not yet in ``out_dir/results.jsonl``; progress bar on stderr."""
     from tqdm import tqdm
@@ -90,13 +90,17 @@ def run_batch(
         with JsonlWriter(results_path) as writer:
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start : start + batch_size]
-                for path, record, image in _ground_chunk(chunk, input_dir, phrases, grounder, max_new_tokens):
+                results = grounder.ground(phrases, chunk, options or GroundingOptions())
+                for path, result in zip(chunk, results, strict=True):
+                    record = image_record(_rel(path, input_dir), phrases, result)
                     writer.write(record)
                     summary.images += 1
                     summary.boxes += len(record.get("boxes", []))
                     summary.failures += "error" in record
-                    if annotated and image is not None:
-                        _save_annotated(image, record, out_dir / ANNOTATED_DIR / _rel(path, input_dir))
+                    if "error" in record:
+                        logger.warning("%s: %s", path, record["error"]["message"])
+                    elif annotated:
+                        _save_annotated(path, result, out_dir / ANNOTATED_DIR / _rel(path, input_dir))
                 bar.update(len(chunk))
                 bar.set_postfix(boxes=summary.boxes, failures=summary.failures, refresh=False)
     finally:
@@ -105,22 +109,6 @@ def run_batch(
     if coco_path is not None:
         write_json_atomic(coco_path, to_coco(read_records(results_path), phrases))
     return summary
-
-
-def _ground_chunk(chunk, input_dir, phrases, grounder, max_new_tokens):
-    """(path, record, image or None) for each file of the chunk, in order; unreadable files fail alone."""
-    decoded: list[tuple[Path, Image.Image | None, dict | None]] = []
-    for path in chunk:
-        try:
-            decoded.append((path, open_image(path), None))
-        except InvalidImage as exc:
-            logger.warning("skipped %s: %s", path, exc.message)
-            decoded.append((path, None, exc.to_dict()))
-    readable = [(path, image) for path, image, _ in decoded if image is not None]
-    answers = iter(grounder.ground(phrases, readable, max_new_tokens) if readable else [])
-    for path, image, error in decoded:
-        result = error if error is not None else next(answers)
-        yield path, image_record(_rel(path, input_dir), phrases, result), image
 
 
 def recorded_paths(results_path: str | Path, phrases: tuple[str, ...]) -> set[str]:
@@ -140,10 +128,8 @@ def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _save_annotated(image: Image.Image, record: dict, target: Path) -> None:
-    boxes = record.get("boxes", [])
-    font = label_font(max(12, min(image.size) // 30))
-    drawn = draw_result(image, boxes, record.get("labels", []), record.get("scores"), font=font)
+def _save_annotated(path: Path, result: dict, target: Path) -> None:
+    drawn = annotate(open_image(path), GroundingResult.from_dict(result))
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.suffix.lower() in (".jpg", ".jpeg"):
         drawn.save(target, quality=90)

@@ -8,11 +8,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.batch.in_process import InProcessService
 from app.batch.jsonl import JsonlWriter
-from app.batch.runner import Grounder
-from app.grounding.drawing import draw_result
-from app.grounding.fonts import label_font
-from app.service.frames import AnnotatedVideo, frame_record, sample_frames
+from app.grounding.drawing import annotate
+from app.grounding.options import GroundingOptions
+from app.grounding.result import GroundingResult
+from app.service.clips import ground_clip
+from app.service.frames import AnnotatedVideo, SampledFrame
 
 FRAMES_NAME = "frames.jsonl"
 ANNOTATED_NAME = "annotated.mp4"
@@ -34,17 +36,20 @@ class VideoSummary:
 
 
 def run_video(
+    chord: InProcessService,
     video_path: str | Path,
     phrases: tuple[str, ...],
     out_dir: str | Path,
-    grounder: Grounder,
     *,
     fps: float,
-    batch_size: int,
     annotated: bool = False,
-    max_new_tokens: int | None = None,
+    options: GroundingOptions | None = None,
 ) -> VideoSummary:
-    """Write ``out_dir/frames.jsonl`` (replacing an earlier one) and, with ``annotated``, ``annotated.mp4``."""
+    """Write ``out_dir/frames.jsonl`` (replacing an earlier one) and, with ``annotated``, ``annotated.mp4``.
+
+    The frames go through the grounding service as the video route's do, a chunk at a time, without
+    the server's length caps; each chunk's lines are written as it is answered.
+    """
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
@@ -52,34 +57,24 @@ def run_video(
     (out_dir / FRAMES_NAME).unlink(missing_ok=True)
     summary = VideoSummary()
     started = time.perf_counter()
-    bar = tqdm(unit="frame", file=sys.stderr, dynamic_ncols=True)
     with contextlib.ExitStack() as stack:
-        stack.callback(bar.close)
+        bar = stack.enter_context(tqdm(unit="frame", file=sys.stderr, dynamic_ncols=True))
         writer = stack.enter_context(JsonlWriter(out_dir / FRAMES_NAME))
         video = stack.enter_context(AnnotatedVideo(out_dir / ANNOTATED_NAME, fps)) if annotated else None
-        chunk = []
-        for frame in sample_frames(video_path, fps):
-            chunk.append(frame)
-            if len(chunk) == batch_size:
-                _ground_frames(chunk, phrases, grounder, max_new_tokens, writer, video, summary)
-                bar.update(len(chunk))
-                chunk = []
-        if chunk:
-            _ground_frames(chunk, phrases, grounder, max_new_tokens, writer, video, summary)
+        media = stack.enter_context(open(video_path, "rb"))
+
+        def record_chunk(chunk: list[tuple[SampledFrame, GroundingResult, dict]]) -> None:
+            for frame, result, record in chunk:
+                writer.write(record)
+                summary.frames += 1
+                summary.boxes += len(record.get("boxes", []))
+                if video is not None:
+                    video.add(annotate(frame.image, result))
             bar.update(len(chunk))
+
+        clip = ground_clip(
+            chord.service, media, phrases, fps, options or GroundingOptions(), record_chunk, capped=False
+        )
+        chord.run(clip)
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _ground_frames(chunk, phrases, grounder, max_new_tokens, writer, video, summary) -> None:
-    results = grounder.ground(phrases, [(Path(f"frame-{f.frame_index}"), f.image) for f in chunk], max_new_tokens)
-    for frame, result in zip(chunk, results, strict=True):
-        record = frame_record(frame, result)
-        writer.write(record)
-        summary.frames += 1
-        summary.boxes += len(record.get("boxes", []))
-        summary.failures += "error" in record
-        if video is not None:
-            font = label_font(max(12, min(frame.image.size) // 30))
-            labels = record.get("labels", [])
-            video.add(draw_result(frame.image, record.get("boxes", []), labels, record.get("scores"), font=font))

@@ -7,6 +7,10 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from app.grounding.fonts import label_font
+from app.grounding.result import GroundingResult
+from app.grounding.tiling import rescale_result
+
 PALETTE = (
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
@@ -83,3 +87,12 @@ def _readable_on(colour: tuple[int, int, int]) -> tuple[int, int, int]:
     r, g, b = colour
     luminance = 0.299 * r + 0.587 * g + 0.114 * b
     return (0, 0, 0) if luminance > 150 else (255, 255, 255)
+
+
+def annotate(image: Image.Image, result: GroundingResult) -> Image.Image:
+    """``result`` drawn on a copy of ``image``: the image it was grounded on, or a resized copy of it (the
+    boxes are scaled to it). Labels are sized to the image."""
+    if list(image.size) != list(result.image_size):
+        result = rescale_result(result, image.size)
+    font = label_font(max(12, min(image.size) // 30))
+    return draw_result(image, result.boxes, result.labels, result.scores, result.points, result.point_labels, font)

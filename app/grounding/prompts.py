@@ -7,9 +7,19 @@ box carries its label. A phrase with CJK characters gets the Chinese template.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 
+from app.errors import EmptyPrompt, InvalidRequest, PromptTooLong
 from app.grounding.families import AnswerDialect, Family
+
+# Several phrases in one prompt: separated by ';' (or the full-width '；') or by newlines.
+PHRASE_SEPARATORS = re.compile(r"[;；\r\n]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Qwen's special tokens (<|image_pad|>, <|vision_start|>, <|im_end|>, ...): as text they would forge
+# the chat template or the image placeholders.
+_MODEL_CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,64}\|>")
+
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
@@ -58,3 +68,35 @@ def grounding_prompt(phrases: Sequence[str], family: Family, template: str | Non
     else:
         targets = ", ".join(f'"{p}"' for p in cleaned)
     return template.replace("{targets}", targets)
+
+
+def split_phrases(prompt: str | None, max_chars: int = 500) -> tuple[str, ...]:
+    """``"cat; red car"`` -> ``("cat", "red car")``; control characters dropped; PromptTooLong past
+    ``max_chars``; EmptyPrompt when no phrase is left."""
+    prompt = clean_prompt(prompt, max_chars)
+    phrases = tuple(p.strip() for p in PHRASE_SEPARATORS.split(prompt) if p.strip())
+    if not phrases:
+        raise EmptyPrompt("the prompt is empty: give one or more phrases separated by ';' or newlines")
+    return phrases
+
+
+def clean_prompt(text: str | None, max_chars: int, what: str = "prompt") -> str:
+    """Control characters removed (newlines kept: they separate phrases), Unicode kept, length capped,
+    the model's own control tokens (``<|image_pad|>``, ``<|im_end|>``, ...) refused."""
+    cleaned = unicodedata.normalize("NFC", _CONTROL.sub("", text or ""))
+    if len(cleaned) > max_chars:
+        raise PromptTooLong(f"the {what} has {len(cleaned)} characters; the limit is {max_chars} (MAX_PROMPT_CHARS)")
+    token = _MODEL_CONTROL_TOKEN.search(cleaned)
+    if token:
+        raise InvalidRequest(f"the {what} contains {token.group()}, a control token of the model: remove it")
+    return cleaned
+
+
+def clean_template(text: str | None, max_chars: int) -> str | None:
+    """A prompt template as ``clean_prompt`` checks a prompt, holding ``{targets}``; None when empty."""
+    template = clean_prompt(text, max_chars, "prompt template").strip()
+    if not template:
+        return None
+    if "{targets}" not in template:
+        raise InvalidRequest("a prompt template must contain the placeholder {targets}")
+    return template

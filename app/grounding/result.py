@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,11 @@ class GroundingResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GroundingResult:
+        """A result from its JSON form (``to_dict``, or a REST answer); fields it does not know are ignored."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def above(self, score_threshold: float) -> GroundingResult:
         """A copy keeping only boxes whose score is at least ``score_threshold``.

@@ -9,6 +9,7 @@ from typing import BinaryIO
 import anyio
 
 from app.grounding.options import GroundingOptions
+from app.grounding.result import GroundingResult
 from app.grounding.tiling import rescale_result
 from app.service.frames import SampledFrame, frame_record, sample_frames
 from app.service.service import GroundingService
@@ -16,8 +17,9 @@ from app.service.service import GroundingService
 # Decoded pixels held at once: about 150 MB of RGB frames (and what the processor makes of them); at least a frame.
 CHUNK_PIXELS = 48_000_000
 
-# A chunk of frames, with each frame's answer in pixels of the frame's (possibly smaller) image.
-ChunkHandler = Callable[[list[tuple[SampledFrame, dict]]], None]
+# A chunk of frames: each frame, its answer in pixels of the frame's (possibly smaller) image, and its record
+# (frames.jsonl line, in the video's own pixels).
+ChunkHandler = Callable[[list[tuple[SampledFrame, GroundingResult, dict]]], None]
 
 
 async def ground_clip(
@@ -27,6 +29,7 @@ async def ground_clip(
     fps: float,
     options: GroundingOptions,
     on_chunk: ChunkHandler | None = None,
+    capped: bool = True,
 ) -> list[dict]:
     """Frame records of a clip (within the server's caps); the first frame that fails fails the request.
 
@@ -36,8 +39,11 @@ async def ground_clip(
     frames as the video holds them.
     """
     settings = service.settings
-    caps = (settings.video_max_seconds, settings.video_max_frames, settings.max_image_pixels, service.fit,
-            settings.max_request_pixels)  # fmt: skip
+    if capped:  # a client's clip; the command line's own files have no length cap
+        caps = (settings.video_max_seconds, settings.video_max_frames, settings.max_image_pixels, service.fit,
+                settings.max_request_pixels)  # fmt: skip
+    else:
+        caps = (None, None, None, service.fit, None)
     frames = sample_frames(media, fps, *caps)
     take = functools.partial(_next_chunk, frames, settings.max_batch_size, CHUNK_PIXELS)
     records: list[dict] = []
@@ -61,12 +67,13 @@ async def _ground_chunk(service, take, phrases, options, on_chunk) -> list[dict]
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
-    if on_chunk is not None:
-        await anyio.to_thread.run_sync(on_chunk, [(f, o.to_dict()) for f, o in zip(chunk, outcomes, strict=True)])
-    return [
+    records = [
         frame_record(frame, rescale_result(outcome, frame.image_wh).to_dict())
         for frame, outcome in zip(chunk, outcomes, strict=True)
     ]
+    if on_chunk is not None:
+        await anyio.to_thread.run_sync(on_chunk, list(zip(chunk, outcomes, records, strict=True)))
+    return records
 
 
 def _next_chunk(frames: Iterator[SampledFrame], max_frames: int, max_pixels: int) -> list[SampledFrame]:

@@ -26,6 +26,7 @@ from PIL import Image
 
 from app.errors import ImageTooLarge, InvalidVideo, VideoTooLong
 from app.grounding.tiling import Fit
+from app.service.images import shrunk
 
 # A duration a container reports may run a little past the last frame.
 DURATION_SLACK_S = 0.5
@@ -95,7 +96,9 @@ def sample_frames(
                     continue
                 image_wh = (frame.width, frame.height)
                 target_wh = budget.take(image_wh)
-                image = frame.to_image(width=target_wh[0], height=target_wh[1], interpolation="AREA")
+                # Decoded whole, then shrunk as an uploaded image is: a frame and the same picture sent as an
+                # image get the same pixels, so the same boxes. One full frame is held at a time.
+                image = shrunk(frame.to_image(), target_wh)
                 yield SampledFrame(index, round(offset, 3), image, image_wh)
                 kept += 1
                 next_time = (math.floor(offset * fps + 1e-6) + 1) / fps

@@ -48,3 +48,10 @@ def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
     # Pillow's "I;16" -> "RGB" clips to 255; scale the 16-bit range down instead.
     wide = image.convert("I")
     return wide.point(lambda v: v / 256).convert("L").convert("RGB")
+
+
+def shrunk(image: Image.Image, target_wh: tuple[int, int] | None) -> Image.Image:
+    """``image`` resized to ``target_wh`` the one way every door does it (bicubic), or as it is."""
+    if target_wh is None or image.size == target_wh:
+        return image
+    return image.resize(target_wh, Image.Resampling.BICUBIC)

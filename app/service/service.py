@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +20,6 @@ from PIL import Image
 from app.engine.base import Engine, GroundingRequest
 from app.errors import (
     ChordError,
-    EmptyPrompt,
     ImageTooLarge,
     ModelLoadError,
     ModelNotReady,
@@ -29,36 +27,23 @@ from app.errors import (
     chord_error_of,
 )
 from app.grounding.options import GroundingOptions
+from app.grounding.prompts import clean_template, split_phrases
 from app.grounding.result import GroundingResult
 from app.grounding.tiling import Fit, combine, rescale_result, shift_result, tile_windows
 from app.service.metrics import Metrics
 from app.service.pixel_budget import PixelBudget
 from app.service.records import RequestRecord
 from app.service.scheduler import BatchScheduler
-from app.service.uploads import FittedImage, UploadLimits, clean_prompt, clean_template, decode_upload, read_header
+from app.service.uploads import FittedImage, UploadLimits, decode_upload, read_header
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Several phrases in one prompt: separated by ';' (or the full-width '；') or by newlines.
-PHRASE_SEPARATORS = re.compile(r"[;；\r\n]+")
 
 Loader = Callable[[Settings], Engine]
 # The processor shrinks every image to at most MAX_PIXELS; what it gets is kept at most this many times
 # that (twice each side), so the last resize stays the processor's own while a huge upload costs little.
 WORKING_AREA_FACTOR = 4
-
-
-def split_phrases(prompt: str | None, record: RequestRecord | None = None, max_chars: int = 500) -> tuple[str, ...]:
-    """``"cat; red car"`` -> ``("cat", "red car")``; control characters dropped; PromptTooLong past
-    ``max_chars``; EmptyPrompt when no phrase is left."""
-    prompt = clean_prompt(prompt, max_chars)
-    phrases = tuple(p.strip() for p in PHRASE_SEPARATORS.split(prompt) if p.strip())
-    if record is not None:
-        record.phrase_chars = len((prompt or "").strip())
-    if not phrases:
-        raise EmptyPrompt("the prompt is empty: give one or more phrases separated by ';' or newlines")
-    return phrases
 
 
 class LoadState(Enum):
@@ -113,6 +98,12 @@ class GroundingService:
     # --- loading -------------------------------------------------------------------------
     def start_loading(self) -> None:
         threading.Thread(target=self._load, name="chord-load", daemon=True).start()
+
+    def load(self) -> None:
+        """Load the engine now, in this thread (the command line); the load error is raised."""
+        self._load()
+        if self._load_error is not None:
+            raise self._load_error
 
     def _load(self) -> None:
         started = time.perf_counter()
@@ -215,7 +206,10 @@ class GroundingService:
     # --- input -----------------------------------------------------------------------------
     def phrases(self, prompt: str | None, record: RequestRecord | None = None) -> tuple[str, ...]:
         """The phrases of a prompt, checked the same way for the UI and REST."""
-        return split_phrases(prompt, record, self.settings.max_prompt_chars)
+        phrases = split_phrases(prompt, self.settings.max_prompt_chars)
+        if record is not None:
+            record.phrase_chars = sum(len(p) for p in phrases)
+        return phrases
 
     def options(
         self,

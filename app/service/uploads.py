@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import io
 import re
-import unicodedata
 import warnings
 from dataclasses import dataclass
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from app.errors import ImageTooLarge, InvalidImage, InvalidRequest, PayloadTooLarge, PromptTooLong, UnsupportedMediaType
+from app.errors import ImageTooLarge, InvalidImage, PayloadTooLarge, UnsupportedMediaType
 from app.grounding.tiling import Fit
-from app.service.images import to_model_rgb
+from app.service.images import shrunk, to_model_rgb
 
 ACCEPTED_FORMATS = {
     "JPEG": "JPEG",
@@ -56,10 +55,6 @@ _SWAPS_AXES = {
     Image.Transpose.TRANSVERSE,
     Image.Transpose.ROTATE_90,
 }
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# Qwen's special tokens (<|image_pad|>, <|vision_start|>, <|im_end|>, ...): as text they would forge
-# the chat template or the image placeholders.
-_MODEL_CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,64}\|>")
 
 
 @dataclass(frozen=True)
@@ -137,9 +132,7 @@ def decode_upload(data: bytes, limits: UploadLimits, fit: Fit | None = None) -> 
             decoded = decoded.transpose(transpose)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidImage(f"could not decode image: {exc}") from None
-    if target_wh is not None and decoded.size != target_wh:
-        decoded = decoded.resize(target_wh, Image.Resampling.BICUBIC)
-    return FittedImage(decoded, upright_wh)
+    return FittedImage(shrunk(decoded, target_wh), upright_wh)
 
 
 def _decode_reduced(data: bytes, image: Image.Image, stored_target_wh: tuple[int, int] | None) -> Image.Image | None:
@@ -171,25 +164,3 @@ def decode_webp_scaled(data: bytes, target_wh: tuple[int, int]) -> Image.Image |
     except (av.FFmpegError, StopIteration, ValueError, OSError):
         return None
     return to_model_rgb(decoded)
-
-
-def clean_prompt(text: str | None, max_chars: int, what: str = "prompt") -> str:
-    """Control characters removed (newlines kept: they separate phrases), Unicode kept, length capped,
-    the model's own control tokens (``<|image_pad|>``, ``<|im_end|>``, ...) refused."""
-    cleaned = unicodedata.normalize("NFC", _CONTROL.sub("", text or ""))
-    if len(cleaned) > max_chars:
-        raise PromptTooLong(f"the {what} has {len(cleaned)} characters; the limit is {max_chars} (MAX_PROMPT_CHARS)")
-    token = _MODEL_CONTROL_TOKEN.search(cleaned)
-    if token:
-        raise InvalidRequest(f"the {what} contains {token.group()}, a control token of the model: remove it")
-    return cleaned
-
-
-def clean_template(text: str | None, max_chars: int) -> str | None:
-    """A prompt template as ``clean_prompt`` checks a prompt, holding ``{targets}``; None when empty."""
-    template = clean_prompt(text, max_chars, "prompt template").strip()
-    if not template:
-        return None
-    if "{targets}" not in template:
-        raise InvalidRequest("a prompt template must contain the placeholder {targets}")
-    return template

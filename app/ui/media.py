@@ -18,17 +18,16 @@ from PIL import Image
 
 from app.errors import ChordError, InvalidImage, InvalidRequest, MissingImage, PayloadTooLarge
 from app.grounding.coco import to_coco
-from app.grounding.drawing import draw_result
-from app.grounding.fonts import label_font
+from app.grounding.drawing import annotate
 from app.grounding.options import GroundingOptions
 from app.grounding.records import image_record
 from app.grounding.result import GroundingResult
-from app.grounding.tiling import Fit, rescale_result
+from app.grounding.tiling import Fit
 from app.service.clips import ground_clip
 from app.service.frames import AnnotatedVideo, SampledFrame
 from app.service.records import RequestRecord
 from app.service.service import GroundingService
-from app.service.uploads import IMAGE_EXTENSIONS, FittedImage, UploadLimits, decode_upload
+from app.service.uploads import IMAGE_EXTENSIONS, UploadLimits, decode_upload
 from app.ui.upload_cache import check_cached_file, upload_folder
 
 logger = logging.getLogger(__name__)
@@ -195,21 +194,8 @@ def _read_member(archive: zipfile.ZipFile, upload: _Upload) -> bytes:
     return data
 
 
-def annotate(picture: FittedImage, result: GroundingResult) -> Image.Image:
-    """The result drawn on a decoded upload (its boxes scaled when the picture was fitted smaller)."""
-    if picture.image.size != picture.original_wh:
-        result = rescale_result(result, picture.image.size)
-    return _draw(picture.image, result.to_dict())
-
-
-def _draw(image: Image.Image, result: dict) -> Image.Image:
-    font = label_font(max(12, min(image.size) // 30))
-    return draw_result(image, result["boxes"], result["labels"], result["scores"], result.get("points", ()),
-                       result.get("point_labels", ()), font)  # fmt: skip
-
-
 def _thumbnail(data: bytes, limits: UploadLimits, result: GroundingResult) -> Image.Image:
-    return annotate(decode_upload(data, limits, Fit(max(THUMBNAIL_WH))), result)
+    return annotate(decode_upload(data, limits, Fit(max(THUMBNAIL_WH))).image, result)
 
 
 def _write_exports(records: list[dict], phrases: tuple[str, ...]) -> list[str]:
@@ -221,10 +207,10 @@ def _write_exports(records: list[dict], phrases: tuple[str, ...]) -> list[str]:
     return [str(jsonl), str(coco)]
 
 
-def _annotate_chunk(video: AnnotatedVideo, chunk: list[tuple[SampledFrame, dict]]) -> None:
+def _annotate_chunk(video: AnnotatedVideo, chunk: list[tuple[SampledFrame, GroundingResult, dict]]) -> None:
     """One chunk of grounded frames drawn and appended to the annotated MP4 (boxes in the frames' own images)."""
-    for frame, result in chunk:
-        video.add(_draw(frame.image, result))
+    for frame, result, _ in chunk:
+        video.add(annotate(frame.image, result))
 
 
 def build_batch_tab(service: GroundingService) -> None:

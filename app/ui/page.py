@@ -16,12 +16,13 @@ from PIL import Image
 
 from app.demo.examples import write_demo_examples
 from app.errors import ChordError, MissingImage
+from app.grounding.drawing import annotate
 from app.grounding.result import GroundingResult
 from app.grounding.tiling import Fit
 from app.service.records import RequestRecord
 from app.service.service import GroundingService
 from app.service.uploads import UploadLimits, decode_upload
-from app.ui.media import SCHEDULER_DECIDES, annotate, build_batch_tab, build_video_tab
+from app.ui.media import SCHEDULER_DECIDES, build_batch_tab, build_video_tab
 from app.ui.upload_cache import read_cached_upload
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def _escape_markdown(text: str) -> str:
 
 def drawn(data: bytes, limits: UploadLimits, result: GroundingResult) -> Image.Image:
     """The result drawn on the upload, decoded again no larger than DRAWING_MAX_SIDE."""
-    return annotate(decode_upload(data, limits, Fit(DRAWING_MAX_SIDE)), result)
+    return annotate(decode_upload(data, limits, Fit(DRAWING_MAX_SIDE)).image, result)
 
 
 def _latency_text(result: GroundingResult, record: RequestRecord) -> str:
@@ -169,15 +170,21 @@ def build_ui(service: GroundingService) -> gr.Blocks:
                             api_visibility="private",
                             elem_id="chord-demo-scenes",
                         )
-                        with gr.Accordion("Advanced", open=False):
+                        with gr.Accordion("Advanced", open=False, elem_id="chord-advanced"):
                             max_new_tokens = gr.Slider(
-                                1, 2048, value=service.settings.max_new_tokens, step=1, label="Max new tokens"
+                                1, 2048, value=service.settings.max_new_tokens, step=1, label="Max new tokens",
+                                elem_id="chord-max-new-tokens",
+                            )  # fmt: skip
+                            score_threshold = gr.Slider(
+                                0.0, 1.0, value=0.0, step=0.01, label="Score threshold", elem_id="chord-score-threshold"
                             )
-                            score_threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Score threshold")
-                            prompt_template = gr.Textbox(label="Prompt template", value="", placeholder=TEMPLATE_HELP)
+                            prompt_template = gr.Textbox(
+                                label="Prompt template", value="", placeholder=TEMPLATE_HELP, elem_id="chord-template"
+                            )
                             tiling = gr.Checkbox(
                                 value=service.settings.tiling,
                                 label="Large images: also ground tile by tile (small objects in big scans)",
+                                elem_id="chord-tiling",
                             )
                         button = gr.Button(
                             _button_text(service), variant="primary", elem_id="chord-go", interactive=service.ready
