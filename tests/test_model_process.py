@@ -100,6 +100,7 @@ def test_the_server_stops_when_its_model_process_dies(tiny_checkpoint, sample_pn
         live.stop()
 
 
+@pytest.mark.slow  # starts the real server
 def test_the_model_process_ends_with_the_server(tiny_checkpoint, tmp_path):
     from live_server import start_server
 
