@@ -6,6 +6,19 @@ import pytest
 
 from app.engine.tiny_checkpoint import build_tiny_checkpoint
 
+# Groups of heavy tests (pyproject.toml declares them); each is slow too, so -m "not slow" stays the fast set.
+HEAVY_GROUPS = ("browser", "supervisor", "nginx", "soak")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    unmarked = [
+        item.nodeid
+        for item in items
+        if any(item.get_closest_marker(group) for group in HEAVY_GROUPS) and not item.get_closest_marker("slow")
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"marked {'/'.join(HEAVY_GROUPS)} but not slow: " + ", ".join(unmarked))
+
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:

@@ -60,11 +60,11 @@ def lines_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in raw.splitlines()]
 
 
-@pytest.mark.slow
 def run_tool(command: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # runs `python -m app batch` twice, each loading the model in a new interpreter
 def test_batch_folder_with_broken_files_writes_jsonl_coco_and_annotated(tiny_checkpoint, tmp_path):
     images = tmp_path / "photos"
     readable = make_images(images, 5)

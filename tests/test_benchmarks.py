@@ -47,6 +47,7 @@ def test_bench_gpu_runs_on_cpu_with_the_tiny_shape(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_bench_load_measures_a_batched_and_a_naive_server(tiny_checkpoint, tmp_path):
     out = tmp_path / "bench_load.json"
     run = subprocess.run(
@@ -71,6 +72,7 @@ def test_bench_load_measures_a_batched_and_a_naive_server(tiny_checkpoint, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_the_locustfile_drives_the_server_headless_without_failures(server, tmp_path):
     csv = tmp_path / "locust"
     run = subprocess.run(

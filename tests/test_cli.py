@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +49,7 @@ def test_parse_without_input_size_for_qwen2_5_vl_says_what_is_missing():
     assert out.returncode == 2 and "--input-size" in out.stderr
 
 
+@pytest.mark.slow  # two interpreters: one builds a checkpoint, one loads it and grounds
 def test_tiny_model_then_ground_with_annotated_output(tmp_path):
     checkpoint = tmp_path / "tiny"
     built = run_cli("tiny-model", str(checkpoint))

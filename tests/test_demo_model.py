@@ -67,6 +67,7 @@ def served_report(demo_server):
     return check_accuracy(http_grounder(demo_server.url), n=20)
 
 
+@pytest.mark.slow  # starts the real server (demo_server)
 def test_the_server_on_the_demo_model_answers_fresh_scenes_over_http(demo_server, served_report):
     health = httpx.get(f"{demo_server.url}/health", timeout=10).json()
     assert health["model"] == DEMO_MODEL_NAME and "demo model" in health["model"]
@@ -74,6 +75,7 @@ def test_the_server_on_the_demo_model_answers_fresh_scenes_over_http(demo_server
     assert served_report.valid_rate >= 0.25, served_report.summary()  # labelled boxes came back through HTTP
 
 
+@pytest.mark.slow  # starts the real server (demo_server)
 @pytest.mark.xfail(
     strict=True,
     reason="issue 7 is blocked: the bundled checkpoint does not reach the bar yet (see app/demo_model/README.md)",

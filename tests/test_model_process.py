@@ -52,6 +52,7 @@ def test_shared_tensors_round_trip_and_grow():
         writer.close()
 
 
+@pytest.mark.slow  # starts a model process: a second interpreter that imports torch and loads the model
 def test_the_model_process_answers_as_the_in_process_model(model_process, tiny_engine):
     requests = [noise_request(i) for i in range(5)]
     prepared = tiny_engine.prepare(requests)
@@ -63,6 +64,7 @@ def test_the_model_process_answers_as_the_in_process_model(model_process, tiny_e
     assert model_process.pid != os.getpid()
 
 
+@pytest.mark.slow  # starts a model process: a second interpreter that imports torch and loads the model
 def test_a_dead_model_process_is_a_clear_error(tiny_checkpoint, tiny_engine):
     settings = load_settings(model_path=tiny_checkpoint, device="cpu", max_new_tokens=8, max_pixels=28 * 28 * 64)
     process = ModelProcess.start(settings, exit_on_loss=False)
@@ -101,6 +103,7 @@ def test_the_server_stops_when_its_model_process_dies(tiny_checkpoint, sample_pn
         live.stop()
 
 
+@pytest.mark.slow  # starts the real server
 def test_the_model_process_ends_with_the_server(tiny_checkpoint, tmp_path):
     from live_server import start_server
 

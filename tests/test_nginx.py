@@ -21,7 +21,7 @@ import httpx
 import pytest
 from live_server import PROJECT_ROOT, free_port, start_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.nginx]
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

@@ -19,7 +19,7 @@ import pytest
 from live_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.supervisor]
 STARTSECS = 8
 
 
