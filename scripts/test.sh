@@ -16,4 +16,5 @@ export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=fa
 "$PY" -m ruff format --check app tests scripts
 shellcheck install.sh .ci/run scripts/*.sh scripts/chordctl
 "$PY" -c "import app.cli, app.engine.transformers_engine" && echo "import smoke test OK"
+"$ROOT/.venv/bin/lint-imports" --no-cache
 "$PY" -m pytest "$@"

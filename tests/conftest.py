@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from app.engine.tiny_checkpoint import build_tiny_checkpoint
-
 # Groups of heavy tests (pyproject.toml declares them); each is slow too, so -m "not slow" stays the fast set.
 HEAVY_GROUPS = ("browser", "supervisor", "nginx", "soak")
 
@@ -23,6 +21,8 @@ def pytest_collection_modifyitems(config, items) -> None:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
     """A random-weight tiny Qwen2.5-VL whose answers vary with the image and the phrase."""
+    from app.engine.tiny_checkpoint import build_tiny_checkpoint
+
     return str(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen2.5-vl"), seed=0, init_std=0.5))
 
 

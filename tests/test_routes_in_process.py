@@ -20,8 +20,8 @@ import pytest
 from PIL import Image, ImageDraw
 from starlette.testclient import TestClient
 
-from app.batch.video import AnnotatedVideo
 from app.server.main import create_app
+from app.service.frames import AnnotatedVideo
 from app.settings import load_settings
 
 RESULT_KEYS = {"boxes", "labels", "scores", "points", "text", "image_size", "model", "latency_ms", "phrases"}

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Coroutine
 from typing import TypeVar
 
+from app.model_path import require_model_path
 from app.service.service import GroundingService
 from app.settings import Settings
 
@@ -25,6 +26,8 @@ class InProcessService:
     """``with InProcessService(settings) as chord: chord.run(chord.service.ground_upload(...))``."""
 
     def __init__(self, settings: Settings) -> None:
+        if settings.engine == "transformers":  # a missing checkpoint is said in a second, before torch loads
+            require_model_path(settings.resolved_model_path())
         tool_settings = settings.model_copy(update=UNCAPPED)
         self.service = GroundingService(tool_settings)
         self.service.load()
