@@ -24,11 +24,12 @@ from app.server.schemas import (
     error_responses,
 )
 from app.service.records import RequestRecord
+from app.service.uploads import ACCEPTED_TEXT
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TYPES = "JPEG, PNG, WebP, BMP, GIF, TIFF"
-IMAGE_HELP = f"The image file ({IMAGE_TYPES}); its EXIF rotation is applied."
+
+IMAGE_HELP = f"The image file ({ACCEPTED_TEXT}); its EXIF rotation is applied."
 GROUND_ERRORS = error_responses(
     "unauthorized",
     "unsupported_media_type",
