@@ -166,16 +166,18 @@ def browser_ui(page, scene: Path, options: GroundingOptions) -> dict:
     page.locator("#chord-image input[type=file]").set_input_files(str(scene / "images" / "scene.png"))
     expect(page.locator("#chord-image img")).to_be_visible()
     page.locator("#chord-advanced").get_by_text("Advanced").click()
-    page.locator("#chord-score-threshold input[type=number]").fill(str(options.score_threshold))
+    threshold = page.locator("#chord-score-threshold input[type=number]")
+    threshold.fill(str(options.score_threshold))
+    threshold.press("Enter")  # the slider takes the typed value
     page.locator("#chord-template textarea").fill(options.prompt_template or "")
     page.locator("#chord-tiling input[type=checkbox]").set_checked(bool(options.tiling))
     page.locator("#chord-phrase textarea").fill(PROMPT)
     page.locator("#chord-go").click()
     expect(page.locator("#chord-latency textarea")).to_have_value(re.compile(r"\d+ ms model time"), timeout=600_000)
     text = page.locator("#chord-json").inner_text()  # the JSON as the page shows it
-    shown = text.split("boxes", 1)[1].split("labels", 1)[0]
+    shown = text.split('"boxes"', 1)[1].split('"labels"', 1)[0]
     numbers = [int(v) for v in re.findall(r"\d+", shown)]
-    labels = re.findall(r"(the [a-z]+ [a-z]+)", text.split("labels", 1)[1].split("scores", 1)[0])
+    labels = re.findall(r'"([^"]*)"', text.split('"labels"', 1)[1].split('"scores"', 1)[0])
     boxes = [numbers[i : i + 4] for i in range(0, len(numbers), 4)]
     return {"image_size": [5200, 3400], "boxes": boxes, "labels": labels}
 
