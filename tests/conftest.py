@@ -52,38 +52,26 @@ def sample_png(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def server(tiny_checkpoint, tmp_path_factory):
     """The real server (``python -m app serve``) with the tiny checkpoint, shared by the whole session."""
-    from live_server import start_server
+    from live_server import running_server
 
-    live = start_server(tiny_checkpoint, tmp_path_factory.mktemp("server"))
-    try:
-        live.wait_for_health(200)
+    with running_server(tiny_checkpoint, tmp_path_factory.mktemp("server")) as live:
         yield live
-    finally:
-        live.stop()
 
 
 @pytest.fixture(scope="session")
 def demo_server(tmp_path_factory):
     """The real server on the bundled demo model (``MODEL_PATH=demo``), as a newcomer starts it."""
-    from live_server import start_server
+    from live_server import running_server
 
-    live = start_server("demo", tmp_path_factory.mktemp("demo-server"), MAX_NEW_TOKENS="128")
-    try:
-        live.wait_for_health(200)
+    with running_server("demo", tmp_path_factory.mktemp("demo-server"), MAX_NEW_TOKENS="128") as live:
         yield live
-    finally:
-        live.stop()
 
 
 @pytest.fixture(scope="session")
 def broken_server(tmp_path_factory):
     """The real server pointed at a MODEL_PATH that does not exist, told to stay up and say why."""
-    from live_server import start_server
+    from live_server import running_server
 
     log_dir = tmp_path_factory.mktemp("broken-server")
-    live = start_server(str(log_dir / "no-such-model"), log_dir, EXIT_ON_LOAD_FAILURE="false")
-    try:
-        live.wait_for_health(503)
+    with running_server(str(log_dir / "no-such-model"), log_dir, EXIT_ON_LOAD_FAILURE="false", wanted=503) as live:
         yield live
-    finally:
-        live.stop()

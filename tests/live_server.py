@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,3 +123,14 @@ def start_server(model_path: str, log_dir: Path, **env: str) -> LiveServer:
             stderr=subprocess.STDOUT,
         )
     return LiveServer(process=process, url=f"http://127.0.0.1:{port}", log_path=log_path)
+
+
+@contextlib.contextmanager
+def running_server(model_path: str, log_dir: Path, wanted: int = 200, **env: str) -> Iterator[LiveServer]:
+    """``start_server``, waited for until /health answers ``wanted``, stopped on leaving the block."""
+    live = start_server(model_path, log_dir, **env)
+    try:
+        live.wait_for_health(wanted)
+        yield live
+    finally:
+        live.stop()

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
-from live_server import PeakRss, start_server
+from live_server import PeakRss, running_server, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -42,12 +42,8 @@ def make_big_video(path: Path, image_wh: tuple[int, int] = (4096, 4096), frames:
 @pytest.fixture(scope="module")
 def own_server(tiny_checkpoint, tmp_path_factory):
     """A fresh server, so the memory it grows by is this module's requests' alone."""
-    live = start_server(tiny_checkpoint, tmp_path_factory.mktemp("limits-server"), MODEL_PROCESS="true")
-    try:
-        live.wait_for_health(200)
+    with running_server(tiny_checkpoint, tmp_path_factory.mktemp("limits-server"), MODEL_PROCESS="true") as live:
         yield live
-    finally:
-        live.stop()
 
 
 @pytest.fixture(scope="module")

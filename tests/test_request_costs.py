@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 from gradio_client import Client, handle_file
-from live_server import PeakRss, start_server
+from live_server import PeakRss, running_server, start_server
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -35,12 +35,8 @@ def huge_webp(seed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def costs_server(tiny_checkpoint, tmp_path_factory):
-    live = start_server(tiny_checkpoint, tmp_path_factory.mktemp("costs"), MAX_NEW_TOKENS="8")
-    try:
-        live.wait_for_health(200)
+    with running_server(tiny_checkpoint, tmp_path_factory.mktemp("costs"), MAX_NEW_TOKENS="8") as live:
         yield live
-    finally:
-        live.stop()
 
 
 def test_four_huge_webps_in_one_batch_stay_within_a_gigabyte(costs_server):
