@@ -117,6 +117,12 @@ class Settings(BaseSettings):
         True, description="Exit (status 3) when the model cannot load, so Supervisor marks it FATAL."
     )
     request_timeout_s: float = Field(120.0, gt=0, le=3600, description="A request not answered by then gets 504.")
+    stall_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        le=3600,
+        description="Work waiting and no model progress (a step, a prefill) for this long: /health 503 stalled.",
+    )
     # The engine: in-process transformers, or an OpenAI-compatible server (vLLM, SGLang, transformers serve).
     engine: Literal["transformers", "openai"] = Field(
         "transformers", description="transformers = the model in this process; openai = an OpenAI-compatible server."

@@ -5,6 +5,8 @@
 #   200                              healthy
 #   503 "loading" within the grace   not a failure (the model is still loading)
 #   refused within the grace         not a failure (the process has not bound its port yet)
+#   503 "stalled"                    the server says its model made no progress for STALL_TIMEOUT_S while
+#                                    work waited (a hung kernel, a stopped model process): restart at once
 #   anything else, or a time-out     a failure (a hung process accepts the connection, then times out)
 # After WATCHDOG_FAILURES failures in a row it runs `supervisorctl restart chord`. When Supervisor
 # reports chord STOPPED, EXITED or FATAL (and no one paused the watchdog) it starts it again.
@@ -23,9 +25,9 @@ if [[ -f "$ROOT/run/chord.env" ]]; then
   set +a
 fi
 
-INTERVAL="${WATCHDOG_INTERVAL:-5}"          # seconds between checks
-TIMEOUT="${WATCHDOG_TIMEOUT:-3}"            # curl --max-time for one check
-FAILURES="${WATCHDOG_FAILURES:-3}"          # failures in a row before a restart
+INTERVAL="${WATCHDOG_INTERVAL:-3}"          # seconds between checks
+TIMEOUT="${WATCHDOG_TIMEOUT:-2}"            # curl --max-time for one check (/health never waits for the model)
+FAILURES="${WATCHDOG_FAILURES:-2}"          # failures in a row before a restart
 GRACE="${WATCHDOG_GRACE:-600}"              # seconds after a start during which "loading" is fine
 MAX_RESTARTS="${WATCHDOG_MAX_RESTARTS:-5}"  # restart budget ...
 WINDOW="${WATCHDOG_WINDOW:-3600}"           # ... per this many seconds
@@ -111,6 +113,11 @@ while true; do
     ((engine_warned)) && log "$PROGRAM: its engine is reachable again"
     failures=0
     engine_warned=0
+    continue
+  fi
+  if [[ "$code" == 503 && "$body" == *'"stalled"'* ]]; then
+    log "$PROGRAM reports its model stalled: ${body%$'\n'*}"
+    act restart "the model made no progress while work waited"
     continue
   fi
   if [[ "$code" == 503 && "$body" == *'"engine_unreachable"'* ]]; then

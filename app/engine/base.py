@@ -9,6 +9,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from app.engine.progress import ProgressClock
 from app.errors import ChordError
 from app.grounding.families import Family
 from app.grounding.result import GroundingResult
@@ -97,6 +98,10 @@ class Engine(Protocol):
         """Bytes the model holds on its GPU (0 on the CPU or behind HTTP)."""
         ...
 
+    def seconds_since_progress(self) -> float | None:
+        """Seconds since the model last made progress (a step, a prefill); None where it cannot be seen."""
+        ...
+
     def close(self) -> None:
         """Let go of the model (its process, its connections)."""
         ...
@@ -109,6 +114,7 @@ class ModelRunner(Protocol):
     eos_token_ids: set[int]
     continuous_unsupported: str | None  # why continuous batching cannot run this model; None when it can
     model: object | None  # the model object when it is in this process
+    progress: ProgressClock  # ticked at every prefill and decoding step
 
     def generate_ids(self, inputs: dict, max_new_tokens: int) -> tuple:
         """(generated ids [batch, steps], log-probability of each chosen token [batch, steps]), on the CPU."""

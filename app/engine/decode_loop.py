@@ -34,10 +34,12 @@ def run_decode_loop(
     receive: Callable[[bool], list[Group] | None],
     admitted: Callable[[Group], None],
     finished: Callable[[Hashable, FinishedRow | Exception], None],
+    progressed: Callable[[], None] = lambda: None,
 ) -> None:
     """Until ``receive`` returns None. ``receive(True)`` may block (nothing is decoding); ``receive(False)`` must not.
 
-    ``admitted`` is told when a group's inputs are no longer needed; ``finished`` gets each row's answer or error.
+    ``admitted`` is told when a group's inputs are no longer needed; ``finished`` gets each row's answer or error;
+    ``progressed`` after each prefill and each decoding step.
     """
     while True:
         groups = receive(decoder.size == 0)
@@ -53,10 +55,12 @@ def run_decode_loop(
                     finished(key, error)
                 continue
             admitted(group)
+            progressed()
             for row in done:
                 finished(row.key, row)
         try:
             done = decoder.step()
+            progressed()
         except Exception as exc:  # noqa: BLE001 - the rows decoding fail together; the loop goes on
             rows = decoder.abandon()
             error = model_error(exc, len(rows))

@@ -7,7 +7,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from app.engine.base import EngineInfo
 from app.engine.continuous import ContinuousDecoder, unsupported_reason
 from app.engine.decode_loop import Group, run_decode_loop
 from app.engine.patch_embedding import use_linear_patch_embedding
+from app.engine.progress import ProgressClock
 from app.engine.runtime import (
     configure_cpu_threads,
     cuda_memory_allocated,
@@ -43,11 +44,13 @@ class ChosenTokenLogprobs(LogitsProcessor):
     Keeps O(batch) numbers per step instead of the full vocabulary.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, progressed: Callable[[], None] = lambda: None) -> None:
         self.logprobs: list[torch.Tensor] = []
         self.tokens: list[torch.Tensor] = []
+        self._progressed = progressed
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._progressed()  # one step of generate
         logprobs = torch.log_softmax(scores.float(), dim=-1)
         best, token = logprobs.max(dim=-1)
         self.logprobs.append(best.cpu())
@@ -65,6 +68,8 @@ class LocalModel:
         eos = model.generation_config.eos_token_id
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.continuous_unsupported = unsupported_reason(model)
+        self.progress = ProgressClock()
+        self.on_progress: Callable[[], None] = self.progress.tick  # the model's own process also tells its parent
         self._groups: queue.Queue[Group | None] | None = None
         self._decoding: threading.Thread | None = None
         self._starting = threading.Lock()
@@ -112,7 +117,7 @@ class LocalModel:
             else:
                 future.set_result(outcome)
 
-        run_decode_loop(decoder, receive, lambda group: None, finished)
+        run_decode_loop(decoder, receive, lambda group: None, finished, lambda: self.on_progress())
 
     def gpu_memory_allocated(self) -> float:
         """Bytes torch holds on the GPU (0 on the CPU)."""
@@ -157,7 +162,7 @@ class LocalModel:
 
     def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(generated ids [batch, steps], log-probability of each chosen token [batch, steps]), both on the CPU."""
-        recorder = ChosenTokenLogprobs()
+        recorder = ChosenTokenLogprobs(lambda: self.on_progress())
         batch = inputs["input_ids"].shape[0]
         try:
             with torch.inference_mode():

@@ -32,6 +32,7 @@ from multiprocessing import shared_memory
 import torch
 import torch.multiprocessing
 
+from app.engine.progress import ProgressClock, throttled
 from app.errors import ChordError, ModelLoadError, ModelProcessExited
 from app.settings import Settings
 
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 _SPAWN = torch.multiprocessing.get_context("spawn")
 _STOP_WAIT_S = 10.0
+PROGRESS_REPORT_S = 0.5  # the child tells its parent of decoding steps at most this often
 
 
 class SharedTensors:
@@ -112,6 +114,7 @@ class ModelProcess:
     def __init__(self, process, connection, ready: tuple, exit_on_loss: bool = True):
         self.info, self.eos_token_ids, self.continuous_unsupported = ready
         self.model = None  # in the child process
+        self.progress = ProgressClock()  # ticked by every message of the child's (it reports its steps)
         self._process = process
         self._connection = connection
         self._exit_on_loss = exit_on_loss
@@ -163,8 +166,12 @@ class ModelProcess:
         """Bytes torch held on the GPU in the model process when it last read a batch (0 before, or on CPU)."""
         return self._gpu_bytes
 
+    def _stop_wait_s(self) -> float:
+        """How long a child that is making progress gets to finish; a stalled one gets a second."""
+        return _STOP_WAIT_S if self.progress.seconds_since() < _STOP_WAIT_S else 1.0
+
     def close(self) -> None:
-        """Ask the child to stop; terminate it if it does not within a few seconds."""
+        """Ask the child to stop; terminate it if it does not within a few seconds, kill it if still there."""
         self._lost = self._lost or "the model process was stopped"
         if self._process.is_alive():
             try:
@@ -172,9 +179,12 @@ class ModelProcess:
                     self._connection.send(("stop",))
             except (OSError, ValueError):
                 pass
-            self._process.join(_STOP_WAIT_S)
+            self._process.join(self._stop_wait_s())
         if self._process.is_alive():
             self._process.terminate()
+            self._process.join(_STOP_WAIT_S)
+        if self._process.is_alive():  # a stopped (SIGSTOP) or wedged child ignores SIGTERM
+            self._process.kill()
             self._process.join(_STOP_WAIT_S)
         self._connection.close()
         self._receiver.join(_STOP_WAIT_S)
@@ -202,6 +212,9 @@ class ModelProcess:
             except (EOFError, OSError):
                 self._on_loss()
                 return
+            self.progress.tick()
+            if message[0] == "progress":
+                continue
             if message[0] == "read":
                 self._gpu_bytes = message[1]
                 self._shared_free.release()
@@ -248,6 +261,7 @@ def _child_main(connection, settings: Settings) -> None:
         connection.send(("error", ModelLoadError(f"could not load the model: {type(exc).__name__}: {exc}")))
         return
     connection.send(("ready", (runner.info, runner.eos_token_ids, runner.continuous_unsupported)))
+    runner.on_progress = throttled(lambda: connection.send(("progress",)), PROGRESS_REPORT_S)
     shared = SharedTensors.reader()
     decoder = ContinuousDecoder(runner.model, set(), 0) if runner.continuous_unsupported is None else None
 
@@ -290,7 +304,7 @@ def _child_main(connection, settings: Settings) -> None:
         while receive(True) is not None:
             pass
         return
-    run_decode_loop(decoder, receive, admitted, finished)
+    run_decode_loop(decoder, receive, admitted, finished, runner.on_progress)
 
 
 def _die_with_parent(poll_s: float = 1.0) -> None:

@@ -106,6 +106,10 @@ class OpenAIEngine:
     def gpu_memory_allocated(self) -> float:
         return 0.0
 
+    def seconds_since_progress(self) -> None:
+        """The engine server's progress is its own (it has its own health); its reachability is probed."""
+        return None
+
     def close(self) -> None:
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)

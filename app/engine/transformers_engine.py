@@ -105,6 +105,9 @@ class TransformersEngine:
     def health(self) -> None:
         return None
 
+    def seconds_since_progress(self) -> float:
+        return self.runner.progress.seconds_since()
+
     def close(self) -> None:
         """Stop the model's process, if it has one."""
         self.runner.close()

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 router = APIRouter(tags=["operations"])
+LIVE_KEYS = ("uptime_s", "pid")
 
 HEALTH_EXAMPLES = {
     200: {"status": "ok", "model": "Qwen2.5-VL-7B-Instruct", "device": "cuda", "uptime_s": 812.0,
@@ -22,7 +23,8 @@ HEALTH_EXAMPLES = {
             "content": {"application/json": {"example": HEALTH_EXAMPLES[200]}},
         },
         503: {
-            "description": "Not ready: `status` is `loading`, `failed` with the load error, or "
+            "description": "Not ready: `status` is `loading`, `failed` with the load error, `stalled` (work "
+            "waits and the model made no progress for STALL_TIMEOUT_S; `stalled_s` says how long), or "
             "`engine_unreachable` (ENGINE=openai) with the engine's last problem under `engine`.",
             "content": {"application/json": {"example": HEALTH_EXAMPLES[503]}},
         },
@@ -33,3 +35,19 @@ async def health(request: Request) -> JSONResponse:
     and with ENGINE=openai while the engine server does not answer."""
     service = request.app.state.service
     return JSONResponse(service.health(), status_code=200 if service.healthy else 503)
+
+
+@router.get("/health/live", responses={200: {"description": "The server process answers (it may still be loading)."}})
+async def live(request: Request) -> JSONResponse:
+    """Liveness, as Kubernetes means it: the process answers. Restart it only when this fails."""
+    service = request.app.state.service
+    return JSONResponse({"status": "alive", **{k: v for k, v in service.health().items() if k in LIVE_KEYS}})
+
+
+@router.get(
+    "/health/ready",
+    responses={200: {"description": "The model is loaded and making progress."}, 503: {"description": "Not ready."}},
+)
+async def ready(request: Request) -> JSONResponse:
+    """Readiness, as Kubernetes means it: requests sent now would be answered (the same answer as ``/health``)."""
+    return await health(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import psutil
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -83,6 +84,26 @@ class Metrics:
     def queue_depth(self, depth: int) -> None:
         self.queue_depth_gauge.set(depth)
 
+    def watch_model(self, model: str, seconds_since_progress: Callable[[], float | None], stalled: Callable[[], bool]):
+        """The serving model (a label, so a swap shows), its progress, and the model process's memory."""
+        info = Gauge("chord_model_info", "1 for the model serving now.", ["model"], registry=self.registry)
+        info.labels(model).set(1)
+        since = Gauge(
+            "chord_seconds_since_progress",
+            "Seconds since the model last made progress (a decoding step, a prefill); grows while idle.",
+            registry=self.registry,
+        )
+        since.set_function(lambda: seconds_since_progress() or 0.0)
+        Gauge(
+            "chord_model_stalled", "1 while work waits and the model has made no progress for STALL_TIMEOUT_S.",
+            registry=self.registry,
+        ).set_function(lambda: 1.0 if stalled() else 0.0)  # fmt: skip
+        Gauge(
+            "chord_model_process_resident_memory_bytes",
+            "Resident memory of the server's child processes (the model's own process, MODEL_PROCESS=true).",
+            registry=self.registry,
+        ).set_function(_children_rss)
+
     def watch_gpu_memory(self, read_bytes: Callable[[], float]) -> None:
         """Report GPU memory on each scrape (only called when the model runs on CUDA)."""
         if self._gpu_memory is None:
@@ -96,3 +117,13 @@ class Metrics:
         self.latency.labels(endpoint).observe(seconds)
         if error_code is not None:
             self.errors.labels(error_code).inc()
+
+
+def _children_rss() -> float:
+    total = 0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return float(total)

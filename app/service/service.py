@@ -91,6 +91,7 @@ class GroundingService:
         self._started = time.monotonic()
         self._served = 0
         self._in_flight = 0
+        self._busy_since = time.monotonic()  # when work last arrived at an idle service
         self.pixel_budget = PixelBudget(
             settings.decode_budget_pixels, settings.request_timeout_s, self.metrics.decode_pixels.set
         )
@@ -121,6 +122,7 @@ class GroundingService:
         self.metrics.model_load_seconds.set(self._load_seconds)
         if engine.info.device.startswith("cuda"):
             self.metrics.watch_gpu_memory(engine.gpu_memory_allocated)
+        self.metrics.watch_model(engine.info.model, engine.seconds_since_progress, lambda: self.stalled_s() is not None)
         self._scheduler = BatchScheduler(
             engine,
             max_batch_size=self.settings.max_batch_size,
@@ -155,8 +157,22 @@ class GroundingService:
 
     @property
     def healthy(self) -> bool:
-        """Ready, and (for an engine behind HTTP) the engine answered its last check."""
-        return self.ready and self._engine.reachable
+        """Ready, the engine reachable (one behind HTTP answered its last check), and the model not stalled."""
+        return self.ready and self._engine.reachable and self.stalled_s() is None
+
+    def stalled_s(self) -> float | None:
+        """Seconds the model has made no progress while work waited for it, once past STALL_TIMEOUT_S; else None.
+
+        Idle is never stalled: the quiet time counts from the later of the last progress and the moment
+        work arrived.
+        """
+        if self._engine is None or self._in_flight == 0:
+            return None
+        since_progress = self._engine.seconds_since_progress()
+        if since_progress is None:
+            return None
+        quiet = min(since_progress, time.monotonic() - self._busy_since)
+        return quiet if quiet > self.settings.stall_timeout_s else None
 
     @property
     def loading(self) -> bool:
@@ -188,8 +204,11 @@ class GroundingService:
             engine_health = self._engine.health()
             if engine_health is not None:
                 body["engine"] = engine_health
-                if not self.healthy:
+                if not self._engine.reachable:
                     body["status"] = "engine_unreachable"
+            stalled = self.stalled_s()
+            if stalled is not None:
+                body.update(status="stalled", stalled_s=round(stalled, 1))
         elif self._load_error is not None:
             body.update(self._load_error.to_dict())
         else:
@@ -368,6 +387,8 @@ class GroundingService:
             image, phrases, max_new_tokens=options.max_new_tokens, prompt_template=options.prompt_template
         )
         future = self._scheduler.submit(request)
+        if self._in_flight == 0:
+            self._busy_since = time.monotonic()
         self._in_flight += 1
         self.metrics.in_flight.inc()
         try:
