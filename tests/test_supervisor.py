@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from live_server import free_port
 
@@ -74,10 +75,8 @@ class Stack:
 
 
 def watchdog_env(**overrides) -> dict[str, str]:
+    """The watchdog's defaults for how often it checks and when it acts; a shorter grace and budget."""
     env = {
-        "WATCHDOG_INTERVAL": "1",
-        "WATCHDOG_TIMEOUT": "2",
-        "WATCHDOG_FAILURES": "3",
         "WATCHDOG_GRACE": "60",
         "WATCHDOG_MAX_RESTARTS": "3",
         "WATCHDOG_WINDOW": "600",
@@ -122,7 +121,7 @@ def test_kill_9_comes_back_within_load_time_plus_5_s(stack):
     assert "Address already in use" not in stack.log("chord")
 
 
-def test_a_hung_server_is_restarted_by_the_watchdog_within_30_s(stack):
+def test_a_hung_server_is_restarted_by_the_watchdog_within_20_s(stack):
     pid = stack.pid()
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -133,13 +132,73 @@ def test_a_hung_server_is_restarted_by_the_watchdog_within_30_s(stack):
         except ProcessLookupError:
             pass
     print(f"\nkill -STOP: restarted and healthy after {took:.1f} s")
-    assert took <= 30
+    assert took <= 20
     assert "restart chord" in stack.log("watchdog")
+
+
+def test_a_frozen_model_process_is_restarted_and_serves_again_within_45_s(stack, sample_png):
+    stack.wait_healthy(120)
+    server = stack.pid()
+    children = psutil.Process(server).children()
+    models = [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+    assert len(models) == 1, f"server {server}: children {[' '.join(c.cmdline()) for c in children]}"
+    model = models[0]
+    model.send_signal(signal.SIGSTOP)  # as a hung CUDA kernel or a wedged driver freezes it
+    started = time.monotonic()
+    image = Path(sample_png).read_bytes()
+    stalled_seen = False
+    answered = None
+    while time.monotonic() - started < 90:
+        try:
+            response = httpx.post(f"http://127.0.0.1:{stack.port}/api/ground", files={"image": image},
+                                  data={"prompt": "cat"}, timeout=3)  # fmt: skip
+            if response.status_code == 200:
+                answered = time.monotonic() - started
+                break
+        except httpx.HTTPError:
+            pass
+        health = httpx.get(f"http://127.0.0.1:{stack.port}/health", timeout=3) if stack.health() else None
+        stalled_seen = stalled_seen or (health is not None and '"stalled"' in health.text)
+        time.sleep(0.5)
+    try:
+        model.send_signal(signal.SIGCONT)
+    except psutil.NoSuchProcess:
+        pass
+    print(f"\nmodel process kill -STOP: /api/ground 200 again after {answered} s (stalled seen: {stalled_seen})")
+    assert answered is not None and answered <= 45
+    assert stalled_seen
+    assert "stalled" in stack.log("watchdog") and stack.pid() != server
 
 
 def test_logs_and_health_commands(stack):
     assert "GET" in stack.chordctl("health").stdout or "HTTP 200" in stack.chordctl("health").stdout
     assert stack.chordctl("logs", "watchdog").returncode == 0
+
+
+def test_saved_settings_stay_across_restarts_and_stops(stack):
+    """PORT given at start, MODEL_PATH at a restart: after a stop and a start, both still hold."""
+    assert f"PORT={stack.port}" in stack.chordctl("env").stdout
+    other = stack.home / "renamed-checkpoint"
+    if not other.exists():
+        other.symlink_to(stack.env["MODEL_PATH"])
+    given = {k: v for k, v in stack.env.items() if k not in ("PORT", "MODEL_PATH")}
+    out = subprocess.run([str(stack.home / "scripts" / "chordctl"), "restart"], env={**given, "MODEL_PATH": str(other)},
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    stack.wait_healthy(90)
+    bare = {k: v for k, v in given.items() if not k.startswith("WATCHDOG_")}
+    for command in ("stop", "start"):
+        out = subprocess.run([str(stack.home / "scripts" / "chordctl"), command], env=bare, capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+    stack.wait_healthy(120)
+    health = httpx.get(f"http://127.0.0.1:{stack.port}/health", timeout=5).json()
+    assert health["model"] == "renamed-checkpoint"  # still on PORT, serving the model given at the restart
+    saved = stack.chordctl("env").stdout
+    assert f"PORT={stack.port}" in saved and "renamed-checkpoint" in saved
+    assert "MAX_NEW_TOKENS" in saved
+    stack.chordctl("env", "--unset", "MAX_NEW_TOKENS")
+    assert "MAX_NEW_TOKENS" not in stack.chordctl("env").stdout
 
 
 def test_restart_with_new_settings_swaps_them(stack):

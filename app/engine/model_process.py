@@ -182,7 +182,7 @@ class ModelProcess:
             self._process.join(self._stop_wait_s())
         if self._process.is_alive():
             self._process.terminate()
-            self._process.join(_STOP_WAIT_S)
+            self._process.join(self._stop_wait_s())
         if self._process.is_alive():  # a stopped (SIGSTOP) or wedged child ignores SIGTERM
             self._process.kill()
             self._process.join(_STOP_WAIT_S)

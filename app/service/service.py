@@ -145,9 +145,15 @@ class GroundingService:
             self._on_load_failure(error)
 
     def close(self) -> None:
+        """Finish what the model holds, fail what is queued, let the model go. A stalled model is let go
+        first: what it holds would never finish, and its requests fail at once instead."""
+        stalled = self.stalled_s() is not None
+        if stalled:
+            logger.warning("the model is stalled: stopping it before the queue")
+            self._engine.close()
         if self._scheduler is not None:
             self._scheduler.stop()
-        if self._engine is not None:
+        if self._engine is not None and not stalled:
             self._engine.close()
 
     # --- state ---------------------------------------------------------------------------
