@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     )
     request_timeout_s: float = Field(120.0, gt=0, le=3600, description="A request not answered by then gets 504.")
     stall_timeout_s: float = Field(
-        20.0,
+        15.0,
         gt=0,
         le=3600,
         description="Work waiting and no model progress (a step, a prefill) for this long: /health 503 stalled.",

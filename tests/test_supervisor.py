@@ -121,7 +121,7 @@ def test_kill_9_comes_back_within_load_time_plus_5_s(stack):
     assert "Address already in use" not in stack.log("chord")
 
 
-def test_a_hung_server_is_restarted_by_the_watchdog_within_20_s(stack):
+def test_a_hung_server_is_restarted_by_the_watchdog_within_30_s(stack):
     pid = stack.pid()
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -132,7 +132,7 @@ def test_a_hung_server_is_restarted_by_the_watchdog_within_20_s(stack):
         except ProcessLookupError:
             pass
     print(f"\nkill -STOP: restarted and healthy after {took:.1f} s")
-    assert took <= 20
+    assert took <= 30
     assert "restart chord" in stack.log("watchdog")
 
 
@@ -165,7 +165,8 @@ def test_a_frozen_model_process_is_restarted_and_serves_again_within_45_s(stack,
     except psutil.NoSuchProcess:
         pass
     print(f"\nmodel process kill -STOP: /api/ground 200 again after {answered} s (stalled seen: {stalled_seen})")
-    assert answered is not None and answered <= 45
+    # STALL_TIMEOUT_S (15 s), a check (3 s), the stop (about 8 s), then a start as long as the first one.
+    assert answered is not None and answered <= 30 + stack.load_seconds
     assert stalled_seen
     assert "stalled" in stack.log("watchdog") and stack.pid() != server
 

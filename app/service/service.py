@@ -92,6 +92,7 @@ class GroundingService:
         self._served = 0
         self._in_flight = 0
         self._busy_since = time.monotonic()  # when work last arrived at an idle service
+        self._stalled = False  # what stalled_s last found
         self.pixel_budget = PixelBudget(
             settings.decode_budget_pixels, settings.request_timeout_s, self.metrics.decode_pixels.set
         )
@@ -147,7 +148,7 @@ class GroundingService:
     def close(self) -> None:
         """Finish what the model holds, fail what is queued, let the model go. A stalled model is let go
         first: what it holds would never finish, and its requests fail at once instead."""
-        stalled = self.stalled_s() is not None
+        stalled = self._stalled or self.stalled_s() is not None  # requests cancelled by the shutdown left no work
         if stalled:
             logger.warning("the model is stalled: stopping it before the queue")
             self._engine.close()
@@ -173,12 +174,14 @@ class GroundingService:
         work arrived.
         """
         if self._engine is None or self._in_flight == 0:
+            self._stalled = False
             return None
         since_progress = self._engine.seconds_since_progress()
         if since_progress is None:
             return None
         quiet = min(since_progress, time.monotonic() - self._busy_since)
-        return quiet if quiet > self.settings.stall_timeout_s else None
+        self._stalled = quiet > self.settings.stall_timeout_s
+        return quiet if self._stalled else None
 
     @property
     def loading(self) -> bool:
