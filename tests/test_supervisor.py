@@ -75,8 +75,10 @@ class Stack:
 
 
 def watchdog_env(**overrides) -> dict[str, str]:
-    """The watchdog's defaults for how often it checks and when it acts; a shorter grace and budget."""
     env = {
+        "WATCHDOG_INTERVAL": "1",
+        "WATCHDOG_TIMEOUT": "2",
+        "WATCHDOG_FAILURES": "3",
         "WATCHDOG_GRACE": "60",
         "WATCHDOG_MAX_RESTARTS": "3",
         "WATCHDOG_WINDOW": "600",

@@ -98,7 +98,7 @@ def run_batch(
                     summary.boxes += len(record.get("boxes", []))
                     summary.failures += "error" in record
                     if "error" in record:
-                        logger.warning("%s: %s", path, record["error"]["message"])
+                        logger.warning("skipped %s: %s", path, record["error"]["message"])
                     elif annotated:
                         _save_annotated(path, result, out_dir / ANNOTATED_DIR / _rel(path, input_dir))
                 bar.update(len(chunk))
