@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import threading
+import time
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -36,9 +41,10 @@ class Metrics:
             "chord_auth_failures", "Refused API keys (kind=api_key) and failed UI logins (kind=ui_login).", ["kind"],
             registry=self.registry,
         )  # fmt: skip
-        self.in_flight = Gauge(
+        self.in_flight = _InFlightGauge(
             "chord_in_flight_requests", "Grounding requests queued or running.", registry=self.registry
         )
+        self.in_flight.on_change = self._in_flight_changed
         self.decode_pixels = Gauge(
             "chord_decode_pixels_in_flight",
             "Decoded image pixels held by requests now (bounded by DECODE_BUDGET_PIXELS).",
@@ -69,6 +75,30 @@ class Metrics:
             " its decoding steps.", buckets=BATCH_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self._gpu_memory: Gauge | None = None
+        # Model stalled: seconds since the model last finished a request while requests are accepted (0 when idle).
+        self._progress_lock = threading.Lock()
+        self._busy = 0
+        self._progress_at = time.monotonic()
+        self.seconds_since_progress = Gauge(
+            "chord_seconds_since_progress",
+            "Seconds since the model last finished a request or batch while requests wait or run; 0 when idle.",
+            registry=self.registry,
+        )
+        self.seconds_since_progress.set_function(self._seconds_since_progress)
+
+    def _seconds_since_progress(self) -> float:
+        with self._progress_lock:
+            return time.monotonic() - self._progress_at if self._busy > 0 else 0.0
+
+    def _in_flight_changed(self, delta: float) -> None:
+        with self._progress_lock:
+            if self._busy <= 0 < delta:  # work arrives at an idle model: the stall clock starts now
+                self._progress_at = time.monotonic()
+            self._busy += delta
+
+    def _progressed(self) -> None:
+        with self._progress_lock:
+            self._progress_at = time.monotonic()
 
     # BatchObserver, called by the scheduler's threads.
     def batch_done(self, size: int, queue_seconds, model_seconds: float) -> None:
@@ -76,9 +106,11 @@ class Metrics:
         for waited in queue_seconds:
             self.queue_seconds.observe(waited)
         self.model_seconds.observe(model_seconds)
+        self._progressed()
 
     def rows_decoding(self, mean_rows: float) -> None:
         self.decode_rows.observe(mean_rows)
+        self._progressed()
 
     def queue_depth(self, depth: int) -> None:
         self.queue_depth_gauge.set(depth)
@@ -90,9 +122,45 @@ class Metrics:
                 "chord_gpu_memory_allocated_bytes", "GPU memory held by torch tensors.", registry=self.registry
             )
             self._gpu_memory.set_function(read_bytes)
+            total = gpu_memory_total_bytes()
+            if total:
+                Gauge(
+                    "chord_gpu_memory_total_bytes", "Memory of the GPU the model runs on (nvidia-smi, read at load).",
+                    registry=self.registry,
+                ).set(total)  # fmt: skip
 
     def observe(self, endpoint: str, status: int, seconds: float, error_code: str | None) -> None:
         self.requests.labels(endpoint, str(status)).inc()
         self.latency.labels(endpoint).observe(seconds)
         if error_code is not None:
             self.errors.labels(error_code).inc()
+
+
+class _InFlightGauge(Gauge):
+    """A gauge that also tells the stall clock when requests arrive and leave."""
+
+    on_change: Callable[[float], None] = staticmethod(lambda delta: None)
+
+    def inc(self, amount: float = 1) -> None:
+        super().inc(amount)
+        self.on_change(amount)
+
+    def dec(self, amount: float = 1) -> None:
+        super().dec(amount)
+        self.on_change(-amount)
+
+
+def gpu_memory_total_bytes() -> float:
+    """Total memory of the first visible GPU (cuda:0), from nvidia-smi; 0 when it cannot be read."""
+    smi = shutil.which("nvidia-smi")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    if smi is None or visible.startswith("-"):
+        return 0.0
+    command = [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+    if visible:
+        command += ["-i", visible]  # an index or a UUID, as CUDA_VISIBLE_DEVICES names it
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout
+        return float(out.split()[0]) * 2**20  # MiB
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return 0.0
