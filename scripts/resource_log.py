@@ -38,7 +38,7 @@ logger = logging.getLogger("chord.resources")
 
 @dataclass(frozen=True)
 class Counts:
-    """Totals read from /metrics: requests, 2xx answers, errors, and the latency histogram's sum and count."""
+    """Totals from /metrics: requests, those answered without a 5xx, errors, the latency histogram's sum and count."""
 
     requests: float = 0.0
     ok: float = 0.0
@@ -63,7 +63,7 @@ def parse_counts(text: str) -> Counts:
         for sample in family.samples:
             if sample.name == "chord_requests_total":
                 requests += sample.value
-                ok += sample.value if sample.labels.get("status", "").startswith("2") else 0
+                ok += 0 if sample.labels.get("status", "").startswith("5") else sample.value
             elif sample.name == "chord_errors_total":
                 errors += sample.value
             elif sample.name == "chord_request_seconds_sum":
