@@ -220,7 +220,10 @@ class Settings(BaseSettings):
         90.0, gt=0, le=100, description="Resource log ALERT when the disk of logs/ or the model passes this percent."
     )
     alert_success_rate_percent: float = Field(
-        95.0, ge=0, le=100, description="Resource log ALERT when fewer requests than this percent succeeded."
+        95.0,
+        ge=0,
+        le=100,
+        description="Resource log ALERT when fewer requests than this percent were answered without a 5xx.",
     )
     alert_latency_s: float = Field(
         5.0, gt=0, description="Resource log ALERT when the average request took longer than this, in seconds."

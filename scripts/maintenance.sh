@@ -117,8 +117,10 @@ check_health() {
   code=$(curl -s -o /dev/null --max-time "$HEALTH_TIMEOUT" -w '%{http_code}' "$url" || true)
   if [[ "$code" == 200 ]]; then
     say "health: $url answers 200"
+  elif [[ -z "$code" || "$code" == 000 ]]; then
+    warn "health: nothing answers $url (scripts/chordctl status; scripts/chordctl logs chord)"
   else
-    warn "health: $url answers ${code:-nothing} (scripts/chordctl status; scripts/chordctl logs chord)"
+    warn "health: $url answers $code (scripts/chordctl health; scripts/chordctl logs chord)"
   fi
 }
 
