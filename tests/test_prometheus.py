@@ -110,6 +110,7 @@ def test_dashboard_covers_what_the_issue_asks():
 @pytest.mark.slow
 def test_every_metric_in_the_rules_and_the_dashboard_is_in_metrics(server, sample_png):
     post_one(server.url, sample_png)  # histograms show their series once observed
+    post_one(server.url, sample_png, prompt="")  # and labelled counters once counted: an error (422)
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     exported = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
     metrics_source = (ROOT / "app" / "service" / "metrics.py").read_text()
@@ -123,10 +124,10 @@ def test_every_metric_in_the_rules_and_the_dashboard_is_in_metrics(server, sampl
     assert not missing, f"not in /metrics: {missing}"
 
 
-def post_one(url: str, image: str) -> int:
+def post_one(url: str, image: str, prompt: str = "the red square") -> int:
     with open(image, "rb") as handle:
         files = {"image": ("sample.png", handle, "image/png")}
-        return httpx.post(f"{url}/api/ground", files=files, data={"prompt": "the red square"}, timeout=120).status_code
+        return httpx.post(f"{url}/api/ground", files=files, data={"prompt": prompt}, timeout=120).status_code
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,22 +87,45 @@ def test_a_line_without_a_server_is_well_formed_and_a_low_threshold_writes_an_al
     assert "ALERT memory_percent" in done.stderr
 
 
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 @pytest.mark.slow
-def test_a_line_from_a_running_server(server, sample_png, tmp_path):
+def test_lines_from_a_running_server_count_the_requests_since_the_last_line(server, sample_png, tmp_path):
     import httpx
 
-    port = int(server.url.rsplit(":", 1)[1])
-    run_once(tmp_path, port)  # the first line counts everything since the server started
-    (tmp_path / "metrics.log").unlink()
-    for prompt in ("the red square", ""):  # one answer and one 422 (an error, not a failure of Chord)
-        with open(sample_png, "rb") as handle:
-            httpx.post(f"{server.url}/api/ground", files={"image": handle}, data={"prompt": prompt}, timeout=120)
-    lines, _ = run_once(tmp_path, port, ALERT_LATENCY_S="0.000001")
-    line = lines[0]
-    print(f"\n{json.dumps(line)}")
-    assert LINE_KEYS <= set(line) and "metrics_error" not in line
-    assert line["server"]["pid"] == server.process.pid and line["server"]["rss_bytes"] > 0
-    assert line["model_process"] is None or line["model_process"]["rss_bytes"] > 0
-    assert line["requests"] == 2 and line["errors"] == 1 and line["success_rate_percent"] == 100.0
-    assert line["latency_avg_s"] > 0
-    assert [alert["alert"] for alert in lines[1:]] == ["latency_avg_s"]
+    out_file = tmp_path / "metrics.log"
+    monitor = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "resource_log.py"), "--port", server.url.rsplit(":", 1)[1],
+         "--output", str(out_file), "--log-dir", str(tmp_path)],
+        env={**os.environ, "RESOURCE_LOG_INTERVAL_S": "1", "ALERT_LATENCY_S": "0.000001"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not records(out_file) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        seen = len(records(out_file))  # the first line counts everything since the server started
+        for prompt in ("the red square", ""):  # one answer and one 422 (an error, not a failure of Chord)
+            with open(sample_png, "rb") as handle:
+                httpx.post(f"{server.url}/api/ground", files={"image": handle}, data={"prompt": prompt}, timeout=120)
+        while time.monotonic() < deadline:
+            later = [r for r in records(out_file)[seen:] if "level" not in r]
+            if sum(r["requests"] for r in later) >= 2 and later[-1]["requests"] == 0:
+                break
+            time.sleep(0.2)
+    finally:
+        monitor.terminate()
+        monitor.wait(timeout=15)
+    lines = records(out_file)[seen:]
+    busy = next(r for r in lines if r.get("requests"))
+    print(f"\n{json.dumps(busy)}")
+    later = [r for r in lines if "level" not in r]
+    assert all(LINE_KEYS <= set(r) and "metrics_error" not in r for r in later)
+    assert sum(r["requests"] for r in later) == 2 and sum(r["errors"] for r in later) == 1
+    assert busy["server"]["pid"] == server.process.pid and busy["server"]["rss_bytes"] > 0
+    assert busy["model_process"] is None or busy["model_process"]["rss_bytes"] > 0
+    assert busy["success_rate_percent"] == 100.0 and busy["latency_avg_s"] > 0
+    alert = lines[lines.index(busy) + 1]
+    assert alert["level"] == "ALERT" and alert["alert"] == "latency_avg_s"
