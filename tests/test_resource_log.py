@@ -120,7 +120,8 @@ def test_lines_from_a_running_server_count_the_requests_since_the_last_line(serv
         monitor.wait(timeout=15)
     lines = records(out_file)[seen:]
     busy = next(r for r in lines if r.get("requests"))
-    print(f"\n{json.dumps(busy)}")
+    shown = lines[lines.index(busy) : lines.index(busy) + 2]  # the line and its ALERT, as written
+    print("\n" + "\n".join(json.dumps(r, separators=(",", ":")) for r in shown))
     later = [r for r in lines if "level" not in r]
     assert all(LINE_KEYS <= set(r) and "metrics_error" not in r for r in later)
     assert sum(r["requests"] for r in later) == 2 and sum(r["errors"] for r in later) == 1
