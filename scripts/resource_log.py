@@ -29,9 +29,10 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+INSTALL_ROOT = Path(__file__).resolve().parent.parent  # the checkout (or installation) this script is part of
+sys.path.insert(0, str(INSTALL_ROOT))
 
-from app.settings import PROJECT_ROOT, Settings, load_settings  # noqa: E402
+from app.settings import Settings, load_settings  # noqa: E402
 
 logger = logging.getLogger("chord.resources")
 
@@ -249,9 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="write one line (after a 1 s CPU sample) and exit")
     parser.add_argument("--port", type=int, help="the server's port (default: PORT)")
     parser.add_argument("--pid", type=int, help="the server's pid (default: the process listening on the port)")
-    parser.add_argument("--log-dir", default=str(PROJECT_ROOT / "logs"), help="the logs folder whose disk is watched")
+    parser.add_argument("--log-dir", default=str(INSTALL_ROOT / "logs"), help="the logs folder whose disk is watched")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per scrape of /metrics
     settings = load_settings()
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else ("::1" if settings.host == "::" else settings.host)
     host = f"[{host}]" if ":" in host else host

@@ -90,7 +90,7 @@ def watchdog_env(**overrides) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def stack(tiny_checkpoint, tmp_path_factory):
     env = {"MODEL_PATH": tiny_checkpoint, "PORT": str(free_port()), "DEVICE": "cpu", "MAX_NEW_TOKENS": "16"}
-    env["RESOURCE_LOG_INTERVAL_S"] = "1"
+    env["RESOURCE_LOG_INTERVAL_S"] = "2"
     stack = Stack(tmp_path_factory.mktemp("chord-install"), {**env, **watchdog_env()})
     started = time.monotonic()
     out = stack.chordctl("start")
