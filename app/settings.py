@@ -212,6 +212,30 @@ class Settings(BaseSettings):
         120, ge=1, le=10_000, description="Most frames one video request may sample (seconds x fps); more gets 413."
     )
 
+    # --- the resource log (scripts/resource_log.py, [program:chord-resources]): logs/metrics.log and its ALERTs ---
+    resource_log_interval_s: float = Field(
+        60.0, ge=1, le=86_400, description="Seconds between two lines of logs/metrics.log (the resource log)."
+    )
+    alert_memory_percent: float = Field(
+        90.0, gt=0, le=100, description="Resource log ALERT when the machine's memory use passes this percent."
+    )
+    alert_gpu_memory_percent: float = Field(
+        90.0, gt=0, le=100, description="Resource log ALERT when a GPU's memory use passes this percent."
+    )
+    alert_disk_percent: float = Field(
+        90.0, gt=0, le=100, description="Resource log ALERT when the disk of logs/ or the model passes this percent."
+    )
+    alert_success_rate_percent: float = Field(
+        95.0,
+        ge=0,
+        le=100,
+        description="Resource log ALERT when fewer requests than this percent were answered without a 5xx.",
+    )
+    alert_latency_s: float = Field(
+        5.0, gt=0, description="Resource log ALERT when the average request took longer than this, in seconds."
+    )
+    alert_errors: int = Field(10, ge=0, description="Resource log ALERT when more errors than this occurred.")
+
 
 def load_settings(**overrides) -> Settings:
     """Settings from config file and environment; SettingsError naming the key and allowed values."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Debian packages the test suite needs that pip cannot provide. No-op when they are present.
+# Debian packages the test suite needs that pip cannot provide (prometheus brings promtool). No-op when present.
 set -euo pipefail
-packages=(fonts-wqy-microhei shellcheck chromium nginx)
+packages=(fonts-wqy-microhei shellcheck chromium nginx prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

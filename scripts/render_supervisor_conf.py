@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app.settings import Settings  # noqa: E402
 
 LOCAL_CONF = "supervisor/supervisord.conf"
-PROGRAMS = ("program:chord", "program:chord-watchdog")
+PROGRAMS = ("program:chord", "program:chord-watchdog", "program:chord-resources")
 
 
 def render(root: Path, environ: dict[str, str], user: str | None) -> str:
@@ -39,7 +39,7 @@ def render(root: Path, environ: dict[str, str], user: str | None) -> str:
         if section == "program:chord-watchdog":
             env["SUPERVISORCTL"] = "supervisorctl"
         out.set(section, "environment", ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(env.items())))
-        if user and section == "program:chord":
+        if user and section in ("program:chord", "program:chord-resources"):
             out.set(section, "user", user)  # the watchdog stays with supervisord's user: it needs the socket
     buffer = io.StringIO()
     buffer.write("; Chord for the system Supervisor, rendered by scripts/render_supervisor_conf.py\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 # Groups of heavy tests (pyproject.toml declares them); each is slow too, so -m "not slow" stays the fast set.
-HEAVY_GROUPS = ("browser", "supervisor", "nginx", "soak")
+HEAVY_GROUPS = ("browser", "supervisor", "nginx", "soak", "prometheus")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -6,6 +6,7 @@ so its logs/ and run/ never touch the checkout. Times are printed (pytest -s sho
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -90,6 +91,7 @@ def watchdog_env(**overrides) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def stack(tiny_checkpoint, tmp_path_factory):
     env = {"MODEL_PATH": tiny_checkpoint, "PORT": str(free_port()), "DEVICE": "cpu", "MAX_NEW_TOKENS": "16"}
+    env["RESOURCE_LOG_INTERVAL_S"] = "2"
     stack = Stack(tmp_path_factory.mktemp("chord-install"), {**env, **watchdog_env()})
     started = time.monotonic()
     out = stack.chordctl("start")
@@ -202,6 +204,18 @@ def test_saved_settings_stay_across_restarts_and_stops(stack):
     assert "MAX_NEW_TOKENS" in saved
     stack.chordctl("env", "--unset", "MAX_NEW_TOKENS")
     assert "MAX_NEW_TOKENS" not in stack.chordctl("env").stdout
+
+
+def test_the_resource_log_writes_logs_metrics_log(stack):
+    deadline = time.monotonic() + 30
+    lines: list[dict] = []
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in stack.log("metrics").splitlines()]
+        if any(line.get("server") and line["server"]["pid"] == stack.pid() for line in lines):
+            break
+        time.sleep(0.5)
+    assert any(line.get("server") and line["server"]["pid"] == stack.pid() for line in lines), stack.log("resources")
+    assert "chord-resources" in stack.chordctl("ctl", "status").stdout
 
 
 def test_restart_with_new_settings_swaps_them(stack):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import Callable
 
 import psutil
@@ -111,6 +114,12 @@ class Metrics:
                 "chord_gpu_memory_allocated_bytes", "GPU memory held by torch tensors.", registry=self.registry
             )
             self._gpu_memory.set_function(read_bytes)
+            total = gpu_memory_total_bytes()
+            if total:
+                Gauge(
+                    "chord_gpu_memory_total_bytes", "Memory of the GPU the model runs on (nvidia-smi, read at load).",
+                    registry=self.registry,
+                ).set(total)  # fmt: skip
 
     def observe(self, endpoint: str, status: int, seconds: float, error_code: str | None) -> None:
         self.requests.labels(endpoint, str(status)).inc()
@@ -127,3 +136,19 @@ def _children_rss() -> float:
         except psutil.NoSuchProcess:
             pass
     return float(total)
+
+
+def gpu_memory_total_bytes() -> float:
+    """Total memory of the first visible GPU (cuda:0), from nvidia-smi; 0 when it cannot be read."""
+    smi = shutil.which("nvidia-smi")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    if smi is None or visible.startswith("-"):
+        return 0.0
+    command = [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+    if visible:
+        command += ["-i", visible]  # an index or a UUID, as CUDA_VISIBLE_DEVICES names it
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout
+        return float(out.split()[0]) * 2**20  # MiB
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return 0.0
