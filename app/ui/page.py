@@ -25,7 +25,7 @@ from app.service.uploads import UploadLimits, decode_upload
 from app.settings import DEMO_MODEL_ALIAS
 from app.ui.media import SCHEDULER_DECIDES, build_batch_tab, build_video_tab
 from app.ui.review import REVIEW_BELOW, review
-from app.ui.texts import ENGLISH, I18N, LANGUAGES, T, boxes_text, say
+from app.ui.texts import ENGLISH, I18N, LANGUAGES, T, boxes_text, label, say
 from app.ui.upload_cache import read_cached_upload
 
 logger = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def build_ui(service: GroundingService) -> gr.Blocks:
             )  # fmt: skip
         history = gr.State([])
         with gr.Tabs():
-            with gr.Tab(T("tab_image"), id="image"):
+            with gr.Tab(T("tab_image"), id="image") as tab_image:
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1):
                         image = gr.Image(
@@ -259,9 +259,9 @@ def build_ui(service: GroundingService) -> gr.Blocks:
                     height=190,
                     elem_id="chord-history",
                 )
-            with gr.Tab(T("tab_batch"), id="batch"):
+            with gr.Tab(T("tab_batch"), id="batch") as tab_batch:
                 build_batch_tab(service)
-            with gr.Tab(T("tab_video"), id="video"):
+            with gr.Tab(T("tab_video"), id="video") as tab_video:
                 build_video_tab(service)
 
         inputs = [image, phrase, max_new_tokens, score_threshold, prompt_template, tiling, language, history]
@@ -300,5 +300,10 @@ def build_ui(service: GroundingService) -> gr.Blocks:
         demo.load(None, js=BROWSER_LANGUAGE_JS, outputs=language, **hidden)
         language.change(None, inputs=language, js=SET_LOCALE_JS, **hidden)
         language.change(ui.status, inputs=language, outputs=status_outputs, **hidden)
+        tabs = {"tab_image": tab_image, "tab_batch": tab_batch, "tab_video": tab_video}
+        language.change(  # Gradio re-translates a tab's label only once it is shown: set them all
+            lambda lang: [gr.Tab(label=label(key, lang)) for key in tabs], inputs=language, outputs=list(tabs.values()),
+            **hidden,
+        )  # fmt: skip
     demo.i18n_instance = I18N  # what launch(i18n=...) sets; mount_gradio_app reads it from the Blocks
     return demo

@@ -126,5 +126,11 @@ def say(key: str, language: str | None = ENGLISH, **fields) -> str:
     return (chinese if language_of(language) == CHINESE else english).format(**fields)
 
 
+def label(key: str, language: str | None = ENGLISH) -> str:
+    """A label as plain text in ``language``, for the few places the browser does not re-translate."""
+    english, chinese = LABELS[key]
+    return chinese if language_of(language) == CHINESE else english
+
+
 def boxes_text(count: int, language: str | None = ENGLISH) -> str:
     return say("one_box", language) if count == 1 else say("boxes", language, n=count)
