@@ -284,7 +284,8 @@ def build_ui(service: GroundingService) -> gr.Blocks:
                 outputs=outputs,
                 api_name="ground",
                 api_description="Find the phrase(s) in the image; returns the annotated image, the result JSON "
-                "(boxes as [x1, y1, x2, y2] pixels), the raw model answer and the latency.",
+                "(boxes as [x1, y1, x2, y2] pixels), the raw model answer and the latency; language ('en' or 'zh-CN') "
+                "is the language of the messages.",
                 **SCHEDULER_DECIDES,
             )
         )
