@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -34,50 +35,140 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, server):
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+FIRST_SCREEN_WH = (1280, 800)
+
+
+def new_page(browser, locale: str = "en-US", viewport_wh: tuple[int, int] = FIRST_SCREEN_WH):
+    """A page in its own context, with the browser language ``locale`` and a window of ``viewport_wh``."""
+    context = browser.new_context(viewport={"width": viewport_wh[0], "height": viewport_wh[1]}, locale=locale)
     page = context.new_page()
     page.set_default_timeout(60_000)
-    page.goto(server.url)
-    yield page
-    context.close()
+    return page
 
 
-def test_upload_type_click_shows_boxes_and_json(page, server, sample_png, tmp_path):
+@pytest.fixture
+def screenshots(tmp_path) -> Path:
+    """Where screenshots go: CHORD_SCREENSHOTS (e.g. docs/img, to refresh the docs' pictures), else tmp_path."""
+    folder = Path(os.environ.get("CHORD_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def in_first_screen(page, selector: str) -> bool:
+    box = page.locator(selector).bounding_box()
+    width, height = FIRST_SCREEN_WH
+    return (
+        box is not None
+        and box["y"] >= 0
+        and box["x"] >= 0
+        and box["y"] + box["height"] <= height
+        and (box["x"] + box["width"] <= width)
+    )
+
+
+def test_upload_type_enter_shows_boxes_on_the_first_screen(browser, server, sample_png, screenshots):
     from playwright.sync_api import expect
 
+    page = new_page(browser)
+    page.goto(server.url)
     expect(page.locator("#chord-header")).to_contain_text(re.compile(r"serving \S+ \(Qwen2.5-VL\) on cpu"))
-    page.locator("#chord-image input[type=file]").set_input_files(sample_png)
+    for selector in ("#chord-image", "#chord-phrase", "#chord-go", "#chord-out"):
+        assert in_first_screen(page, selector), f"{selector} is not on the first screen at 1280x800"
+    expect(page.locator("#chord-phrase")).to_contain_text("Enter finds")  # the hint says how to submit
+    # Without a mouse: Enter on the focused drop zone opens the file chooser, Tab reaches the phrase.
+    page.locator("#chord-image").get_by_role("button", name="Drop an image file here to upload").focus()
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(sample_png)
     expect(page.locator("#chord-image img")).to_be_visible()
-    page.locator("#chord-phrase textarea").fill("the red square")
-    go = page.locator("#chord-go")
-    expect(go).to_be_enabled()
-    go.click()
+    phrase = page.locator("#chord-phrase textarea")
+    for _ in range(6):
+        if phrase.evaluate("e => e === document.activeElement"):
+            break
+        page.keyboard.press("Tab")
+    expect(phrase).to_be_focused()
+    page.keyboard.type("the red square")
+    phrase.press("Shift+Enter")  # a new line, no request
+    expect(phrase).to_have_value("the red square\n")
+    phrase.fill("the red square")
+    phrase.press("Enter")
 
+    expect(page.locator("#chord-latency textarea")).to_have_value(re.compile(r"\d+ ms model time"))
     expect(page.locator("#chord-out img")).to_be_visible()
+    assert in_first_screen(page, "#chord-out"), "the result is not next to the input"
     expect(page.locator("#chord-json")).to_contain_text("image_size")
     expect(page.locator("#chord-json")).to_contain_text("320")
     expect(page.locator("#chord-json")).to_contain_text("the red square")
-    expect(page.locator("#chord-latency textarea")).to_have_value(re.compile(r"\d+ ms model time"))
+    # The overall confidence (the best box's score) and whether the result needs a second look.
+    expect(page.locator("#chord-confidence textarea")).to_have_value(
+        re.compile(
+            r"^(\d\.\d\d · (looks right|needs review \(under 0\.7\))|no box · needs review|no score · needs review)$"
+        )
+    )
     expect(page.locator("#chord-history img")).to_have_count(1)
 
-    # A second phrase on the same image, from the Chinese examples, without re-uploading.
-    page.get_by_text("穿红衣服的人").click()
-    expect(page.locator("#chord-phrase textarea")).to_have_value("穿红衣服的人")
-    go.click()
+    # A second phrase on the same image, with the keyboard alone: Shift+Tab from Find to the phrase, Enter.
+    page.locator("#chord-go").focus()
+    page.keyboard.press("Shift+Tab")
+    expect(phrase).to_be_focused()
+    page.keyboard.press("ControlOrMeta+a")
+    page.keyboard.type("穿红衣服的人")
+    page.keyboard.press("Enter")
     expect(page.locator("#chord-json")).to_contain_text("穿红衣服的人")
     expect(page.locator("#chord-history img")).to_have_count(2)
+    page.screenshot(path=str(screenshots / "ui-en.png"))
+    page.context.close()
 
-    screenshot = tmp_path / "chord-ui.png"
-    page.screenshot(path=str(screenshot), full_page=True)
-    assert screenshot.stat().st_size > 10_000
+
+def test_find_with_nothing_filled_in_asks_for_the_image(browser, demo_server):
+    from playwright.sync_api import expect
+
+    page = new_page(browser)
+    page.goto(demo_server.url)
+    expect(page.locator("#chord-go")).to_be_enabled()
+    page.locator("#chord-go").click()
+    expect(page.locator(".toast-body")).to_contain_text("Add an image")
+    expect(page.locator(".toast-body")).to_contain_text("type what to find")
+    page.context.close()
+
+
+def test_a_chinese_browser_gets_a_chinese_page_that_grounds(browser, demo_server, screenshots, tmp_path):
+    from playwright.sync_api import expect
+
+    from app.demo.examples import write_demo_examples
+
+    scene, phrase = write_demo_examples(tmp_path / "scenes", count=1)[0]
+    page = new_page(browser, locale="zh-CN")
+    page.goto(demo_server.url)
+    go = page.locator("#chord-go")
+    expect(go).to_have_text("查找")
+    expect(go).to_be_enabled()
+    expect(page.locator("#chord-header")).to_contain_text("视觉定位")
+    expect(page.locator("#chord-phrase")).to_contain_text("要查找的内容")
+    expect(page.locator("#chord-phrase")).to_contain_text("按 Enter 查找")
+    expect(page.locator("#chord-language input[value='zh-CN']")).to_be_checked()
+    page.locator("#chord-image input[type=file]").set_input_files(scene)
+    expect(page.locator("#chord-image img")).to_be_visible()
+    go.click()  # no phrase yet
+    expect(page.locator(".toast-body")).to_contain_text("请输入要查找的内容")
+    page.locator("#chord-phrase textarea").fill(phrase)
+    page.locator("#chord-phrase textarea").press("Enter")
+    expect(page.locator("#chord-latency textarea")).to_have_value(re.compile(r"模型用时 \d+ ms"))
+    expect(page.locator("#chord-json")).to_contain_text(phrase)
+    expect(page.locator("#chord-confidence textarea")).to_have_value(re.compile(r"结果可信|需要复核"))
+    page.screenshot(path=str(screenshots / "ui-zh.png"))
+
+    # The switch turns the same page English, no reload.
+    page.locator("#chord-language").get_by_text("English").click()
+    expect(go).to_have_text("Find")
+    expect(page.locator("#chord-phrase")).to_contain_text("What to find")
+    page.context.close()
 
 
 def test_a_model_that_cannot_load_is_explained_not_a_broken_button(browser, broken_server, tmp_path):
     from playwright.sync_api import expect
 
-    page = browser.new_page()
+    page = new_page(browser)
     page.goto(broken_server.url)
     expect(page.locator("#chord-header")).to_contain_text("could not be loaded")
     expect(page.locator("#chord-header")).to_contain_text("no-such-model")
@@ -94,7 +185,7 @@ def test_the_page_says_the_model_is_loading_then_enables_find(browser, tiny_chec
     live = start_server(tiny_checkpoint, tmp_path)
     try:
         assert live.wait_for_health(503, timeout_s=120, loading_ok=True)["status"] == "loading"
-        page = browser.new_page()
+        page = new_page(browser)
         page.goto(live.url)
         go = page.locator("#chord-go")
         expect(page.locator("#chord-header")).to_contain_text("loading")
@@ -122,19 +213,19 @@ def test_a_demo_scene_is_grounded_on_the_first_click(browser, demo_server, tmp_p
     from app.demo.examples import write_demo_examples
 
     _, phrase = write_demo_examples(tmp_path / "scenes")[0]
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
+    page = new_page(browser)
+    context = page.context
     try:
         page.goto(demo_server.url)
         expect(page.locator("#chord-header")).to_contain_text("demo model", timeout=60_000)
         expect(page.locator("#chord-go")).to_be_enabled(timeout=60_000)
-        page.locator("#chord-demo-scenes").get_by_text(phrase, exact=True).click()
+        page.locator("#chord-examples").get_by_text(phrase, exact=True).click()
         expect(page.locator("#chord-phrase textarea")).to_have_value(phrase)
         expect(page.locator("#chord-image img")).to_be_visible()
         expect(page.locator("#chord-out img")).to_be_visible(timeout=60_000)
         expect(page.locator("#chord-json")).to_contain_text(phrase)
         expect(page.locator("#chord-latency textarea")).to_have_value(re.compile(r"\d+ ms model time"))
+        expect(page.locator("#chord-confidence textarea")).not_to_have_value("")
         page.screenshot(path=str(tmp_path / "chord-demo.png"), full_page=True)
     finally:
         context.close()

@@ -28,6 +28,7 @@ from app.service.frames import AnnotatedVideo, SampledFrame
 from app.service.records import RequestRecord
 from app.service.service import GroundingService
 from app.service.uploads import IMAGE_EXTENSIONS, UploadLimits, decode_upload
+from app.ui.texts import T
 from app.ui.upload_cache import check_cached_file, upload_folder
 
 logger = logging.getLogger(__name__)
@@ -218,19 +219,19 @@ def build_batch_tab(service: GroundingService) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             files = gr.File(
-                label="Images, or a zip of images",
+                label=T("batch_files"),
                 file_count="multiple",
                 file_types=["image", ".zip"],
                 elem_id="chord-batch-files",
             )
-            phrase = gr.Textbox(label="What to find", placeholder="e.g. glass bottle with a gold label", lines=1,
+            phrase = gr.Textbox(label=T("phrase"), placeholder=T("batch_placeholder"), lines=1,
                                 elem_id="chord-batch-phrase")  # fmt: skip
-            button = gr.Button("Find in all", variant="primary", elem_id="chord-batch-go")
-            summary = gr.Textbox(label="Summary", interactive=False, lines=2, elem_id="chord-batch-summary")
-            downloads = gr.File(label="results.jsonl and COCO", file_count="multiple", interactive=False,
+            button = gr.Button(T("batch_go"), variant="primary", elem_id="chord-batch-go")
+            summary = gr.Textbox(label=T("summary"), interactive=False, lines=2, elem_id="chord-batch-summary")
+            downloads = gr.File(label=T("batch_downloads"), file_count="multiple", interactive=False,
                                 elem_id="chord-batch-downloads")  # fmt: skip
         with gr.Column(scale=2):
-            gallery = gr.Gallery(label="Images with boxes", columns=3, object_fit="contain", height=560,
+            gallery = gr.Gallery(label=T("batch_gallery"), columns=3, object_fit="contain", height=560,
                                  elem_id="chord-batch-gallery")  # fmt: skip
     gr.on(
         triggers=[button.click, phrase.submit],
@@ -249,17 +250,17 @@ def build_video_tab(service: GroundingService) -> None:
     settings = service.settings
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
-            video = gr.Video(label=f"A short video (at most {settings.video_max_seconds:g} s)", sources=["upload"],
+            video = gr.Video(label=T("video_in") + f" (≤ {settings.video_max_seconds:g} s)", sources=["upload"],
                              elem_id="chord-video-in")  # fmt: skip
-            phrase = gr.Textbox(label="What to find", placeholder="e.g. the forklift", lines=1,
+            phrase = gr.Textbox(label=T("phrase"), placeholder=T("video_placeholder"), lines=1,
                                 elem_id="chord-video-phrase")  # fmt: skip
-            fps = gr.Slider(0.2, 10, value=1, step=0.1, label="Frames per second to ground")
-            button = gr.Button("Find in every frame", variant="primary", elem_id="chord-video-go")
-            summary = gr.Textbox(label="Summary", interactive=False, elem_id="chord-video-summary")
+            fps = gr.Slider(0.2, 10, value=1, step=0.1, label=T("fps"))
+            button = gr.Button(T("video_go"), variant="primary", elem_id="chord-video-go")
+            summary = gr.Textbox(label=T("summary"), interactive=False, elem_id="chord-video-summary")
         with gr.Column(scale=1):
-            annotated = gr.Video(label="Sampled frames with boxes", interactive=False, elem_id="chord-video-out")
+            annotated = gr.Video(label=T("video_out"), interactive=False, elem_id="chord-video-out")
             download = gr.File(label="frames.jsonl", interactive=False, elem_id="chord-video-download")
-            frames = gr.JSON(label="Frames", height=320, elem_id="chord-video-json")
+            frames = gr.JSON(label=T("frames"), height=320, elem_id="chord-video-json")
     gr.on(
         triggers=[button.click, phrase.submit],
         fn=ui.ground_video,

@@ -14,15 +14,18 @@ import anyio
 import gradio as gr
 from PIL import Image
 
-from app.demo.examples import write_demo_examples
-from app.errors import ChordError, MissingImage
+from app.demo.examples import write_demo_examples, write_photo_examples
+from app.errors import ChordError, EmptyPrompt, MissingImage
 from app.grounding.drawing import annotate
 from app.grounding.result import GroundingResult
 from app.grounding.tiling import Fit
 from app.service.records import RequestRecord
 from app.service.service import GroundingService
 from app.service.uploads import UploadLimits, decode_upload
+from app.settings import DEMO_MODEL_ALIAS
 from app.ui.media import SCHEDULER_DECIDES, build_batch_tab, build_video_tab
+from app.ui.review import REVIEW_BELOW, review
+from app.ui.texts import ENGLISH, I18N, LANGUAGES, T, boxes_text, label, say
 from app.ui.upload_cache import read_cached_upload
 
 logger = logging.getLogger(__name__)
@@ -31,18 +34,26 @@ UI_ENDPOINT = "gradio:/ground"
 HISTORY_SIZE = 8
 THUMBNAIL_WH = (320, 320)
 DRAWING_MAX_SIDE = 4096  # a larger upload is drawn on a copy this size (its boxes scaled to it)
-EXAMPLES = [
-    ["the person"],
-    ["the red car; the dog"],
-    ["a cup on the table"],
-    ["穿红衣服的人"],
-    ["桌子上的杯子；椅子"],
-]
-PHRASE_HELP = "e.g. the red car; the person on the left (several phrases: separate them with ; or a new line)"
-TEMPLATE_HELP = "Leave empty for the built-in prompt. A custom one must contain {targets}, e.g. 'Find {targets}.'"
+IMAGE_HEIGHT = 340  # input and result side by side, with the phrase and Find, fit a 1280x800 window
 CSS = """
+#chord-top { align-items: center; }
 #chord-header p { margin: 0; }
 #chord-go { min-height: 3rem; }
+#chord-examples img, #chord-examples video { object-fit: contain !important; background: #e5e7eb; }
+"""
+# The page's language: the browser's at first (Gradio chose its locale from it), then the switch.
+BROWSER_LANGUAGE_JS = """
+() => ((document.documentElement.lang || navigator.language || "en").toLowerCase().startsWith("zh") ? "zh-CN" : "en")
+"""
+# The switch re-translates every label in place: Gradio's own locale store, found among the loaded modules.
+SET_LOCALE_JS = """
+async (language) => {
+  const core = performance.getEntriesByType("resource").map((e) => e.name)
+    .find((name) => /\\/assets\\/core-[\\w-]+\\.js$/.test(name));
+  if (core) { (await import(core)).changeLocale(language); }
+  document.documentElement.lang = language;
+  return language;
+}
 """
 
 
@@ -60,15 +71,16 @@ class ChordUI:
         score_threshold: float = 0.0,
         prompt_template: str = "",
         tiling: bool = False,
+        language: str = ENGLISH,
         history: list | None = None,
     ) -> tuple[Image.Image, dict, str, str, list]:
         """Ground the phrase(s) in the image; returns annotated image, result JSON, raw answer, latency."""
         record = RequestRecord(endpoint=UI_ENDPOINT)
         metrics = self.service.metrics
         try:
+            if image is None:  # named first: with nothing filled in, the image is what to add first
+                raise MissingImage("no image")
             phrases = self.service.phrases(phrase, record)
-            if image is None:
-                raise MissingImage("Add an image first: drop it in, paste it or click to upload.")
             options = self.service.options(
                 int(max_new_tokens) if max_new_tokens else None,
                 float(score_threshold or 0.0),
@@ -80,37 +92,61 @@ class ChordUI:
             annotated = await anyio.to_thread.run_sync(drawn, data, self.service.upload_limits, result)
         except ChordError as exc:
             record.finish(metrics, exc.status, exc.code)
-            raise gr.Error(exc.message, title="Could not ground") from None
+            message = _message(exc, bool((phrase or "").strip()), language)
+            raise gr.Error(message, title=say("could_not_ground", language)) from None
         except Exception as exc:  # noqa: BLE001 - a person sees a message, the log keeps the traceback
             logger.error("request id=%s failed", record.request_id, exc_info=exc)
             record.finish(metrics, 500, "internal_error")
-            raise gr.Error(f"Unexpected server error (request id {record.request_id}).", title="Error") from None
+            raise gr.Error(
+                say("unexpected", language, request_id=record.request_id), title=say("error", language)
+            ) from None
         record.finish(metrics, 200)
         if not result.boxes:
-            gr.Warning("No box found. Try other words, or lower the score threshold under Advanced.", duration=6)
-        history = _remember(history or [], annotated, result)
-        return annotated, result.to_dict(), result.text, _latency_text(result, record), history
+            gr.Warning(say("no_box", language), duration=6)
+        history = _remember(history or [], annotated, result, language)
+        return annotated, result.to_dict(), result.text, _latency_text(result, record, language), history
 
-    def status(self) -> tuple[str, dict, gr.Timer]:
+    def status(self, language: str = ENGLISH) -> tuple[str, dict, gr.Timer]:
         """Header line and button state; the timer stops polling once loading has ended."""
         loading = self.service.loading
-        button = gr.update(interactive=self.service.ready, value=_button_text(self.service))
-        return header_text(self.service), button, gr.Timer(active=loading)
+        button = gr.update(interactive=self.service.ready, value=_button_text(self.service, language))
+        return header_text(self.service, language), button, gr.Timer(active=loading)
 
 
-def header_text(service: GroundingService) -> str:
+def _message(exc: ChordError, has_phrase: bool, language: str) -> str:
+    """The missing inputs named in the page's language; the service's other messages as they are."""
+    if exc.code == MissingImage.code:
+        return say("add_image" if has_phrase else "add_image_and_phrase", language)
+    if exc.code == EmptyPrompt.code:
+        return say("type_phrase", language)
+    return exc.message
+
+
+def review_text(result: dict | None, language: str = ENGLISH) -> str:
+    """The overall confidence of a shown result and whether it needs review, in the page's language."""
+    verdict = review((result or {}).get("scores") or [])
+    if not verdict.boxes:
+        return say("review_none", language)
+    if verdict.confidence is None:
+        return say("review_unscored", language)
+    key = "review_low" if verdict.needs_review else "confident"
+    return say(key, language, score=verdict.confidence, bar=REVIEW_BELOW)
+
+
+def header_text(service: GroundingService, language: str = ENGLISH) -> str:
     what = _escape_markdown(service.describe())
+    start = f"**Chord** · {say('title', language)} · "
     if service.ready:
-        return f"**Chord** · visual grounding · serving {what}"
+        return start + say("serving", language, what=what)
     if service.loading:
-        return f"**Chord** · visual grounding · {what} Find is enabled once the model is ready."
-    return f"**Chord** · visual grounding · ⚠ **{what}**"
+        return start + say("loading_header", language, what=what)
+    return f"{start}⚠ **{what}**"
 
 
-def _button_text(service: GroundingService) -> str:
+def _button_text(service: GroundingService, language: str = ENGLISH) -> str:
     if service.ready:
-        return "Find"
-    return "The model is loading ..." if service.loading else "The model is unavailable (see above)"
+        return say("find", language)
+    return say("button_loading" if service.loading else "button_unavailable", language)
 
 
 def _escape_markdown(text: str) -> str:
@@ -122,119 +158,153 @@ def drawn(data: bytes, limits: UploadLimits, result: GroundingResult) -> Image.I
     return annotate(decode_upload(data, limits, Fit(DRAWING_MAX_SIDE)).image, result)
 
 
-def _latency_text(result: GroundingResult, record: RequestRecord) -> str:
-    return f"{result.latency_ms:.0f} ms model time · {_boxes_text(len(result.boxes))} · request {record.request_id}"
+def _latency_text(result: GroundingResult, record: RequestRecord, language: str) -> str:
+    boxes = boxes_text(len(result.boxes), language)
+    return say("latency", language, ms=result.latency_ms, boxes=boxes, request_id=record.request_id)
 
 
-def _boxes_text(count: int) -> str:
-    return f"{count} box" + ("" if count == 1 else "es")
-
-
-def _remember(history: list, annotated: Image.Image, result: GroundingResult) -> list:
+def _remember(history: list, annotated: Image.Image, result: GroundingResult, language: str) -> list:
     thumbnail = annotated.copy()
     thumbnail.thumbnail(THUMBNAIL_WH)
-    caption = f"{_boxes_text(len(result.boxes))} · {'; '.join(result.phrases)}"
+    caption = f"{boxes_text(len(result.boxes), language)} · {'; '.join(result.phrases)}"
     return [(thumbnail, caption), *history][:HISTORY_SIZE]
+
+
+def _examples(service: GroundingService) -> tuple[list[list[str]], str]:
+    """Examples that fit the loaded model: evaluation scenes for the demo model, photos for a real one."""
+    folder = Path(tempfile.gettempdir()) / "chord-examples"
+    if service.settings.model_path == DEMO_MODEL_ALIAS:
+        return write_demo_examples(folder / "demo-scenes"), "demo_examples"
+    return write_photo_examples(folder / "photos"), "photo_examples"
 
 
 def build_ui(service: GroundingService) -> gr.Blocks:
     ui = ChordUI(service)
     # Gradio keeps uploads and outputs in its cache: every 10 minutes drop files older than 30.
     with gr.Blocks(title="Chord", analytics_enabled=False, delete_cache=(600, 1800)) as demo:
-        header = gr.Markdown(header_text(service), elem_id="chord-header")
+        with gr.Row(elem_id="chord-top"):
+            header = gr.Markdown(header_text(service), elem_id="chord-header")
+            language = gr.Radio(
+                LANGUAGES, value=ENGLISH, label=T("language"), container=False, scale=0, min_width=200,
+                elem_id="chord-language",
+            )  # fmt: skip
         history = gr.State([])
         with gr.Tabs():
-            with gr.Tab("Image", id="image"):
+            with gr.Tab(T("tab_image"), id="image") as tab_image:
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1):
                         image = gr.Image(
-                            label="Image (drop, paste or click to upload)",
+                            label=T("image"),
                             type="filepath",
                             image_mode=None,
                             sources=["upload", "clipboard"],
-                            height=380,
+                            height=IMAGE_HEIGHT,
                             elem_id="chord-image",
                         )
                         phrase = gr.Textbox(
-                            label="What to find",
-                            placeholder=PHRASE_HELP,
-                            lines=2,
+                            label=T("phrase"),
+                            info=T("phrase_info"),
+                            placeholder=T("phrase_placeholder"),
+                            lines=1,  # Enter submits; Shift+Enter adds a line, up to max_lines
+                            max_lines=4,
                             elem_id="chord-phrase",
                         )
-                        gr.Examples(examples=EXAMPLES, inputs=[phrase], label="Examples (click one)")
-                        demo_scenes = gr.Examples(
-                            examples=write_demo_examples(Path(tempfile.gettempdir()) / "chord-demo-scenes"),
-                            inputs=[image, phrase],
-                            label="Demo scenes (click one: it is grounded at once)",
-                            cache_examples=False,
-                            api_visibility="private",
-                            elem_id="chord-demo-scenes",
-                        )
-                        with gr.Accordion("Advanced", open=False, elem_id="chord-advanced"):
-                            max_new_tokens = gr.Slider(
-                                1, 2048, value=service.settings.max_new_tokens, step=1, label="Max new tokens",
-                                elem_id="chord-max-new-tokens",
-                            )  # fmt: skip
-                            score_threshold = gr.Slider(
-                                0.0, 1.0, value=0.0, step=0.01, label="Score threshold", elem_id="chord-score-threshold"
-                            )
-                            prompt_template = gr.Textbox(
-                                label="Prompt template", value="", placeholder=TEMPLATE_HELP, elem_id="chord-template"
-                            )
-                            tiling = gr.Checkbox(
-                                value=service.settings.tiling,
-                                label="Large images: also ground tile by tile (small objects in big scans)",
-                                elem_id="chord-tiling",
-                            )
                         button = gr.Button(
                             _button_text(service), variant="primary", elem_id="chord-go", interactive=service.ready
                         )
+                        with gr.Accordion(T("advanced"), open=False, elem_id="chord-advanced"):
+                            max_new_tokens = gr.Slider(
+                                1, 2048, value=service.settings.max_new_tokens, step=1, label=T("max_new_tokens"),
+                                elem_id="chord-max-new-tokens",
+                            )  # fmt: skip
+                            score_threshold = gr.Slider(
+                                0.0, 1.0, value=0.0, step=0.01, label=T("score_threshold"),
+                                elem_id="chord-score-threshold",
+                            )  # fmt: skip
+                            prompt_template = gr.Textbox(
+                                label=T("template"), value="", placeholder=T("template_placeholder"),
+                                elem_id="chord-template",
+                            )  # fmt: skip
+                            tiling = gr.Checkbox(
+                                value=service.settings.tiling, label=T("tiling"), elem_id="chord-tiling"
+                            )
+                        examples, examples_label = _examples(service)
+                        scenes = gr.Examples(
+                            examples=examples,
+                            inputs=[image, phrase],
+                            label=T(examples_label),
+                            cache_examples=False,
+                            api_visibility="private",
+                            elem_id="chord-examples",
+                        )
+                        scenes.dataset.headers = []  # the columns speak for themselves (I18n does not reach headers)
                     with gr.Column(scale=1):
                         annotated = gr.Image(
-                            label="Image with boxes",
+                            label=T("out"),
                             type="pil",
                             format="png",
                             interactive=False,
-                            height=380,
+                            height=IMAGE_HEIGHT,
                             elem_id="chord-out",
                         )
-                        latency = gr.Textbox(label="Latency", interactive=False, elem_id="chord-latency")
-                        result_json = gr.JSON(label="Result", height=360, elem_id="chord-json")
-                        raw = gr.Textbox(label="Raw model answer", lines=3, interactive=False, elem_id="chord-raw")
+                        confidence = gr.Textbox(label=T("confidence"), interactive=False, elem_id="chord-confidence")
+                        latency = gr.Textbox(label=T("latency"), interactive=False, elem_id="chord-latency")
+                        result_json = gr.JSON(label=T("result"), height=360, elem_id="chord-json")
+                        raw = gr.Textbox(label=T("raw"), lines=3, interactive=False, elem_id="chord-raw")
                 gallery = gr.Gallery(
-                    label="Earlier results for this image (newest first)",
+                    label=T("history"),
                     columns=HISTORY_SIZE,
                     fit_columns=False,
                     object_fit="contain",
                     height=190,
                     elem_id="chord-history",
                 )
-            with gr.Tab("Batch", id="batch"):
+            with gr.Tab(T("tab_batch"), id="batch") as tab_batch:
                 build_batch_tab(service)
-            with gr.Tab("Video", id="video"):
+            with gr.Tab(T("tab_video"), id="video") as tab_video:
                 build_video_tab(service)
 
-        gr.on(
-            triggers=[button.click, phrase.submit],
-            fn=ui.ground,
-            inputs=[image, phrase, max_new_tokens, score_threshold, prompt_template, tiling, history],
-            outputs=[annotated, result_json, raw, latency, history],
-            api_name="ground",
-            api_description="Find the phrase(s) in the image; returns the annotated image, the result JSON "
-            "(boxes as [x1, y1, x2, y2] pixels), the raw model answer and the latency.",
-            **SCHEDULER_DECIDES,
-        ).success(lambda h: h, inputs=history, outputs=gallery, api_visibility="private", show_progress="hidden")
-        image.change(lambda: ([], []), outputs=[history, gallery], api_visibility="private", show_progress="hidden")
-        demo_scenes.load_input_event.then(  # a click on a demo scene grounds it at once, with the Advanced settings
-            ui.ground,
-            inputs=[image, phrase, max_new_tokens, score_threshold, prompt_template, tiling, history],
-            outputs=[annotated, result_json, raw, latency, history],
-            api_visibility="private",
-            **SCHEDULER_DECIDES,
-        ).success(lambda h: h, inputs=history, outputs=gallery, api_visibility="private", show_progress="hidden")
+        inputs = [image, phrase, max_new_tokens, score_threshold, prompt_template, tiling, language, history]
+        outputs = [annotated, result_json, raw, latency, history]
+        hidden = {"api_visibility": "private", "show_progress": "hidden"}
+
+        def then_show(event) -> None:
+            event.success(
+                lambda h, result, lang: (h, review_text(result, lang)),
+                inputs=[history, result_json, language],
+                outputs=[gallery, confidence],
+                **hidden,
+            )
+
+        then_show(
+            gr.on(
+                triggers=[button.click, phrase.submit],
+                fn=ui.ground,
+                inputs=inputs,
+                outputs=outputs,
+                api_name="ground",
+                api_description="Find the phrase(s) in the image; returns the annotated image, the result JSON "
+                "(boxes as [x1, y1, x2, y2] pixels), the raw model answer and the latency; language ('en' or 'zh-CN') "
+                "is the language of the messages.",
+                **SCHEDULER_DECIDES,
+            )
+        )
+        image.change(lambda: ([], []), outputs=[history, gallery], **hidden)
+        # A click on an example grounds it at once, with the Advanced settings like every other start.
+        then_show(scenes.load_input_event.then(ui.ground, inputs=inputs, outputs=outputs, api_visibility="private",
+                                               **SCHEDULER_DECIDES))  # fmt: skip
 
         timer = gr.Timer(2.0)
         status_outputs = [header, button, timer]
-        timer.tick(ui.status, outputs=status_outputs, api_visibility="private", show_progress="hidden")
-        demo.load(ui.status, outputs=status_outputs, api_visibility="private", show_progress="hidden")
+        timer.tick(ui.status, inputs=language, outputs=status_outputs, **hidden)
+        demo.load(ui.status, inputs=language, outputs=status_outputs, **hidden)
+        demo.load(None, js=BROWSER_LANGUAGE_JS, outputs=language, **hidden)
+        language.change(None, inputs=language, js=SET_LOCALE_JS, **hidden)
+        language.change(ui.status, inputs=language, outputs=status_outputs, **hidden)
+        tabs = {"tab_image": tab_image, "tab_batch": tab_batch, "tab_video": tab_video}
+        language.change(  # Gradio re-translates a tab's label only once it is shown: set them all
+            lambda lang: [gr.Tab(label=label(key, lang)) for key in tabs], inputs=language, outputs=list(tabs.values()),
+            **hidden,
+        )  # fmt: skip
+    demo.i18n_instance = I18N  # what launch(i18n=...) sets; mount_gradio_app reads it from the Blocks
     return demo
