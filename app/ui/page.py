@@ -143,10 +143,14 @@ def header_text(service: GroundingService, language: str = ENGLISH) -> str:
     return f"{start}⚠ **{what}**"
 
 
-def _button_text(service: GroundingService, language: str = ENGLISH) -> str:
+def _button_key(service: GroundingService) -> str:
     if service.ready:
-        return say("find", language)
-    return say("button_loading" if service.loading else "button_unavailable", language)
+        return "find"
+    return "button_loading" if service.loading else "button_unavailable"
+
+
+def _button_text(service: GroundingService, language: str = ENGLISH) -> str:
+    return say(_button_key(service), language)
 
 
 def _escape_markdown(text: str) -> str:
@@ -210,7 +214,7 @@ def build_ui(service: GroundingService) -> gr.Blocks:
                             elem_id="chord-phrase",
                         )
                         button = gr.Button(
-                            _button_text(service), variant="primary", elem_id="chord-go", interactive=service.ready
+                            T(_button_key(service)), variant="primary", elem_id="chord-go", interactive=service.ready
                         )
                         with gr.Accordion(T("advanced"), open=False, elem_id="chord-advanced"):
                             max_new_tokens = gr.Slider(
@@ -302,7 +306,8 @@ def build_ui(service: GroundingService) -> gr.Blocks:
         language.change(None, inputs=language, js=SET_LOCALE_JS, **hidden)
         language.change(ui.status, inputs=language, outputs=status_outputs, **hidden)
         tabs = {"tab_image": tab_image, "tab_batch": tab_batch, "tab_video": tab_video}
-        language.change(  # Gradio re-translates a tab's label only once it is shown: set them all
+        # Gradio re-translates a tab's label only once it is shown: a switch sets them all (on load, I18n has).
+        language.input(
             lambda lang: [gr.Tab(label=label(key, lang)) for key in tabs], inputs=language, outputs=list(tabs.values()),
             **hidden,
         )  # fmt: skip

@@ -102,15 +102,17 @@ MESSAGES: dict[str, tuple[str, str]] = {
 
 # Keys carry a prefix: Gradio's own translations already use names such as "image".
 KEY_PREFIX = "chord_"
+# The messages too, so that a page's first render (the button's text) is in its language already.
+_ALL = {**MESSAGES, **LABELS}
 I18N = gr.I18n(
-    en={KEY_PREFIX + key: en for key, (en, _) in LABELS.items()},
-    **{code: {KEY_PREFIX + key: zh for key, (_, zh) in LABELS.items()} for code in ("zh-CN", "zh-TW", "zh")},
+    en={KEY_PREFIX + key: en for key, (en, _) in _ALL.items()},
+    **{code: {KEY_PREFIX + key: zh for key, (_, zh) in _ALL.items()} for code in ("zh-CN", "zh-TW", "zh")},
 )
 
 
 def T(key: str) -> I18nData:  # noqa: N802 - reads like the gettext ``_``
-    """A label the browser translates."""
-    if key not in LABELS:
+    """A label (or a message without fields) the browser translates."""
+    if key not in _ALL:
         raise KeyError(f"no label {key!r}")
     return I18N(KEY_PREFIX + key)
 
