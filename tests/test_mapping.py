@@ -38,7 +38,7 @@ def random_cases(n, seed):
 
 def test_round_trip_through_the_processors_resize_is_within_one_pixel():
     checked = 0
-    for image_wh, min_pixels, max_pixels, rng in random_cases(300, seed=7):
+    for image_wh, min_pixels, max_pixels, rng in random_cases(150, seed=7):
         input_wh = processor_input_wh(image_wh, min_pixels, max_pixels)
         w, h = image_wh
         for _ in range(3):
@@ -55,12 +55,12 @@ def test_round_trip_through_the_processors_resize_is_within_one_pixel():
             assert max(abs(a - b) for a, b in zip((x1, y1, x2, y2), expected, strict=True)) <= 1, (image_wh, input_wh)
             assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
         checked += 1
-    assert checked >= 250
+    assert checked == 150
 
 
 def test_integer_answers_map_within_half_an_input_pixel():
     """The model answers integers: the error is what one input pixel is worth, and no more."""
-    for image_wh, min_pixels, max_pixels, rng in random_cases(200, seed=11):
+    for image_wh, min_pixels, max_pixels, rng in random_cases(100, seed=11):
         input_wh = processor_input_wh(image_wh, min_pixels, max_pixels)
         answer = [rng.randint(0, input_wh[0]), rng.randint(0, input_wh[1])]
         answer += [rng.randint(answer[0], input_wh[0]), rng.randint(answer[1], input_wh[1])]
