@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server (UI, REST, /health, /metrics) in the foreground")
     serve.add_argument("--host", default=None, help="override HOST (default from config/chord.toml: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="override PORT (default from config/chord.toml: 7860)")
+    serve.add_argument("--run-dir", default=None, help="where 'chordctl swap' leaves its requests (default: run/)")
     serve.set_defaults(handler=_serve)
 
     ground = commands.add_parser("ground", help="ground phrases in one image and print the result JSON")
@@ -107,8 +108,10 @@ def _wh(text: str) -> tuple[int, int]:
 
 
 def _serve(args) -> int:
+    from pathlib import Path
+
     from app.logs import configure_logging
-    from app.settings import load_settings
+    from app.settings import PROJECT_ROOT, load_settings
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     settings = load_settings(**overrides)
@@ -125,10 +128,15 @@ def _serve(args) -> int:
             logger.error("exiting with status %d: EXIT_ON_LOAD_FAILURE is on", LOAD_FAILURE_EXIT_STATUS)
             return LOAD_FAILURE_EXIT_STATUS
 
+    from app.service.head_start import HeadStart
+
+    loader = HeadStart(settings)  # the model starts loading now, while the server's own imports run
+
     import uvicorn
 
     from app.server.http_protocol import WholeResponseH11Protocol
     from app.server.main import create_app
+    from app.server.swap_control import SwapControl
 
     server: uvicorn.Server | None = None
     failed: list[ChordError] = []
@@ -139,7 +147,9 @@ def _serve(args) -> int:
             failed.append(error)
             server.should_exit = True
 
-    app = create_app(settings, on_load_failure=stop_on_load_failure)
+    app = create_app(settings, loader, on_load_failure=stop_on_load_failure)
+    run_dir = Path(args.run_dir) if args.run_dir else PROJECT_ROOT / "run"
+    SwapControl(app.state.service, settings.port, run_dir).install()
     logger.info("serving on http://%s:%d (UI at /, API docs at /docs)", settings.host, settings.port)
     # One worker: Gradio's queue lives in this process. log_config=None keeps our one log format;
     # access_log off because each grounding request already gets its own line. An open browser

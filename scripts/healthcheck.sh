@@ -8,9 +8,13 @@
 #   503 "stalled"                    the server says its model made no progress for STALL_TIMEOUT_S while
 #                                    work waited (a hung kernel, a stopped model process): restart at once
 #   anything else, or a time-out     a failure (a hung process accepts the connection, then times out)
-# After WATCHDOG_FAILURES failures in a row it runs `supervisorctl restart chord`. When Supervisor
+# After a failure the next check comes WATCHDOG_RECHECK seconds later, not a whole interval. After
+# WATCHDOG_FAILURES failures in a row it kills chord (`supervisorctl signal KILL`: a hung process
+# would sit out a graceful stop for stopwaitsecs) and Supervisor starts it again at once; a stalled
+# model gets a graceful `supervisorctl restart` (the server still answers). When Supervisor
 # reports chord STOPPED, EXITED or FATAL (and no one paused the watchdog) it starts it again.
-# A 503 "engine_unreachable" (ENGINE=openai, the engine server is down) is logged, not restarted.
+# A 503 "engine_unreachable" (ENGINE=openai, the engine server is down) is logged, not restarted;
+# a 503 "swapping" (`chordctl swap --in-place` under way) is not a failure.
 # At most WATCHDOG_MAX_RESTARTS restarts/starts per WATCHDOG_WINDOW seconds: past that it logs
 # loudly and stops acting until the window frees up, so a crash loop does not flap forever.
 # `touch run/watchdog.paused` pauses it (chordctl pause/resume), for deliberate maintenance.
@@ -26,6 +30,7 @@ if [[ -f "$ROOT/run/chord.env" ]]; then
 fi
 
 INTERVAL="${WATCHDOG_INTERVAL:-3}"          # seconds between checks
+RECHECK="${WATCHDOG_RECHECK:-1}"            # seconds before the next check after a failed one
 TIMEOUT="${WATCHDOG_TIMEOUT:-2}"            # curl --max-time for one check (/health never waits for the model)
 FAILURES="${WATCHDOG_FAILURES:-2}"          # failures in a row before a restart
 GRACE="${WATCHDOG_GRACE:-600}"              # seconds after a start during which "loading" is fine
@@ -76,20 +81,24 @@ budget_allows() {
   return 0
 }
 
-act() {  # act start|restart REASON
-  local verb="$1" reason="$2"
+act() {  # act start|restart|kill REASON
+  local verb="$1" reason="$2" command
   budget_allows || return
   restarts+=("$(date +%s)")
   log "$verb $PROGRAM ($reason); restart ${#restarts[@]} of $MAX_RESTARTS in ${WINDOW}s"
-  [[ "$verb" == restart ]] && "${SUPERVISORCTL[@]}" signal CONT "$PROGRAM" >/dev/null 2>&1  # a stopped (hung) process must wake to die
-  "${SUPERVISORCTL[@]}" "$verb" "$PROGRAM" 2>&1 | while read -r out; do log "supervisorctl: $out"; done
+  case "$verb" in
+    kill) command=(signal KILL "$PROGRAM") ;;  # autorestart=true: Supervisor starts it again at once
+    restart) "${SUPERVISORCTL[@]}" signal CONT "$PROGRAM" >/dev/null 2>&1; command=(restart "$PROGRAM") ;;
+    *) command=("$verb" "$PROGRAM") ;;
+  esac
+  "${SUPERVISORCTL[@]}" "${command[@]}" 2>&1 | while read -r out; do log "supervisorctl: $out"; done
   failures=0
 }
 
-log "watching $URL every ${INTERVAL}s (timeout ${TIMEOUT}s, restart after $FAILURES failures," \
-  "grace ${GRACE}s, budget $MAX_RESTARTS per ${WINDOW}s)"
+log "watching $URL every ${INTERVAL}s (timeout ${TIMEOUT}s, restart after $FAILURES failures" \
+  "${RECHECK}s apart, grace ${GRACE}s, budget $MAX_RESTARTS per ${WINDOW}s)"
 while true; do
-  sleep "$INTERVAL"
+  if ((failures > 0)); then sleep "$RECHECK"; else sleep "$INTERVAL"; fi
   if [[ -e "$PAUSE_FILE" ]]; then
     continue
   fi
@@ -120,6 +129,9 @@ while true; do
     act restart "the model made no progress while work waited"
     continue
   fi
+  if [[ "$code" == 503 && "$body" == *'"swapping"'* ]]; then
+    continue  # `chordctl swap --in-place`: the old model is gone and the new one loading, on purpose
+  fi
   if [[ "$code" == 503 && "$body" == *'"engine_unreachable"'* ]]; then
     # ENGINE=openai and the engine server is down: restarting Chord would not bring it back.
     ((engine_warned)) || log "$PROGRAM answers but its engine is unreachable; not restarting $PROGRAM (fix the engine)"
@@ -136,6 +148,6 @@ while true; do
   failures=$((failures + 1))
   log "health check failed ($failures/$FAILURES): HTTP ${code:-none} from $URL"
   if ((failures >= FAILURES)); then
-    act restart "$failures failed health checks in a row"
+    act kill "$failures failed health checks in a row"
   fi
 done

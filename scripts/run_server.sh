@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What Supervisor runs: load the overrides `chordctl start` saved, then exec the server in place.
-# Arguments go to `python -m app serve` (a replica gets --port, which beats PORT in run/chord.env).
+# Arguments go to `python -m app serve` (a replica gets --port, which beats PORT in run/chord.env);
+# --run-dir is where `chordctl swap` leaves its requests for this server.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -f "$ROOT/run/chord.env" ]]; then
@@ -9,4 +10,4 @@ if [[ -f "$ROOT/run/chord.env" ]]; then
   . "$ROOT/run/chord.env"
   set +a
 fi
-exec "$ROOT/.venv/bin/python" -m app serve "$@"
+exec "$ROOT/.venv/bin/python" -m app serve --run-dir "$ROOT/run" "$@"

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -223,6 +225,108 @@ def test_restart_with_new_settings_swaps_them(stack):
     assert out.returncode == 0, out.stderr
     assert "MAX_NEW_TOKENS=8" in (stack.home / "run" / "chord.env").read_text()
     stack.wait_healthy(60)
+
+
+@pytest.fixture(scope="module")
+def other_checkpoint(tmp_path_factory) -> Path:
+    """A second tiny checkpoint (other weights, another folder name) to swap to."""
+    from app.engine.tiny_checkpoint import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("swap") / "tiny-other", seed=1, init_std=0.5)
+
+
+class Traffic:
+    """A client grounding continuously, as a user would during a swap; every status code is kept."""
+
+    def __init__(self, port: int, image: bytes):
+        self.statuses: list[int | str] = []
+        self._url = f"http://127.0.0.1:{port}/api/ground"
+        self._image = image
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.post(self._url, files={"image": self._image}, data={"prompt": "the red square"})
+                    self.statuses.append(response.status_code)
+                except httpx.HTTPError as exc:
+                    self.statuses.append(type(exc).__name__)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        time.sleep(1)  # a few requests after the swap, too
+        self._stop.set()
+        self._thread.join(60)
+
+
+def serving_model(stack: Stack) -> str:
+    return httpx.get(f"http://127.0.0.1:{stack.port}/health", timeout=5).json()["model"]
+
+
+def test_swap_under_load_answers_every_request_and_rollback_returns(stack, other_checkpoint, sample_png):
+    stack.wait_healthy(120)
+    first = serving_model(stack)
+    image = Path(sample_png).read_bytes()
+    with Traffic(stack.port, image) as traffic:
+        started = time.monotonic()
+        out = stack.chordctl("swap", str(other_checkpoint), "--watch", "3", timeout=300)
+        took = time.monotonic() - started
+    print(f"\nswap under load: {took:.1f} s, {len(traffic.statuses)} requests during it\n{out.stdout}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert traffic.statuses and set(traffic.statuses) == {200}, traffic.statuses
+    assert serving_model(stack) == "tiny-other"
+    assert f"MODEL_PATH={other_checkpoint}" in stack.chordctl("env").stdout  # a restart keeps the new model
+    assert 'chord_model_info{model="tiny-other"} 1.0' in httpx.get(f"http://127.0.0.1:{stack.port}/metrics").text
+
+    with Traffic(stack.port, image) as traffic:
+        out = stack.chordctl("rollback", "--watch", "2", timeout=300)
+    print(f"rollback: {len(traffic.statuses)} requests during it\n{out.stdout}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert traffic.statuses and set(traffic.statuses) == {200}, traffic.statuses
+    assert serving_model(stack) == first
+
+
+def test_a_swap_to_a_broken_checkpoint_fails_and_the_old_model_keeps_serving(stack, other_checkpoint, sample_png,
+                                                                             tmp_path):  # fmt: skip
+    stack.wait_healthy(120)
+    before = serving_model(stack)
+    broken = tmp_path / "tiny-broken"
+    shutil.copytree(other_checkpoint, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated, as a cut-off copy
+    with Traffic(stack.port, Path(sample_png).read_bytes()) as traffic:
+        out = stack.chordctl("swap", str(broken), timeout=300)
+    print(f"\nswap to a truncated checkpoint: exit {out.returncode}\n{out.stdout}{out.stderr}")
+    assert out.returncode == 1
+    assert "did not load" in out.stdout and "previous model keeps serving" in out.stderr
+    assert traffic.statuses and set(traffic.statuses) == {200}, traffic.statuses
+    assert serving_model(stack) == before
+    assert "tiny-broken" not in stack.chordctl("env").stdout
+
+
+def test_a_swap_whose_canary_finds_nothing_fails(stack, other_checkpoint, sample_png):
+    """The operator's canary must find something: a random-weight model answers it with no box."""
+    before = serving_model(stack)
+    out = stack.chordctl("swap", str(other_checkpoint), "--canary", sample_png, "the red square", timeout=300)
+    print(f"\nswap with a canary the model fails:\n{out.stdout}")
+    assert out.returncode == 1 and "the canary found nothing" in out.stdout
+    assert serving_model(stack) == before
+
+
+def test_an_in_place_swap_says_how_long_requests_were_refused(stack, other_checkpoint):
+    before = serving_model(stack)
+    out = stack.chordctl("swap", str(other_checkpoint), "--in-place", "--watch", "1", timeout=300)
+    print(f"\nin-place swap:\n{out.stdout}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"requests were refused for \d+\.\d s", out.stdout)
+    assert serving_model(stack) == "tiny-other"
+    assert stack.chordctl("rollback", "--watch", "1", timeout=300).returncode == 0
+    assert serving_model(stack) == before
 
 
 def test_stop_leaves_nothing_listening(stack):

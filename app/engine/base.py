@@ -94,8 +94,9 @@ class Engine(Protocol):
         """What ``/health`` shows under ``engine`` (an engine behind HTTP), or None."""
         ...
 
-    def gpu_memory_allocated(self) -> float:
-        """Bytes the model holds on its GPU (0 on the CPU or behind HTTP)."""
+    def gpu_memory(self) -> dict[str, tuple[float, float]]:
+        """Per CUDA device ("cuda:0"), bytes the model holds (allocated) and torch reserved; empty on the CPU or
+        behind HTTP."""
         ...
 
     def seconds_since_progress(self) -> float | None:
@@ -124,6 +125,6 @@ class ModelRunner(Protocol):
         """Add these prompts to the running batch; a future per row."""
         ...
 
-    def gpu_memory_allocated(self) -> float: ...
+    def gpu_memory(self) -> dict[str, tuple[float, float]]: ...
 
     def close(self) -> None: ...

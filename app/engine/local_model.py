@@ -22,7 +22,8 @@ from app.engine.patch_embedding import use_linear_patch_embedding
 from app.engine.progress import ProgressClock
 from app.engine.runtime import (
     configure_cpu_threads,
-    cuda_memory_allocated,
+    cuda_devices,
+    cuda_memory,
     dtype_name,
     release_cuda_cache,
     resolve_attn_impl,
@@ -69,6 +70,7 @@ class LocalModel:
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.continuous_unsupported = unsupported_reason(model)
         self.progress = ProgressClock()
+        self._cuda_devices = cuda_devices(model)
         self.on_progress: Callable[[], None] = self.progress.tick  # the model's own process also tells its parent
         self._groups: queue.Queue[Group | None] | None = None
         self._decoding: threading.Thread | None = None
@@ -119,9 +121,9 @@ class LocalModel:
 
         run_decode_loop(decoder, receive, lambda group: None, finished, lambda: self.on_progress())
 
-    def gpu_memory_allocated(self) -> float:
-        """Bytes torch holds on the GPU (0 on the CPU)."""
-        return cuda_memory_allocated()
+    def gpu_memory(self) -> dict[str, tuple[float, float]]:
+        """Per CUDA device the model uses, bytes allocated and reserved by torch (empty on the CPU)."""
+        return cuda_memory(self._cuda_devices)
 
     @classmethod
     def load(cls, settings: Settings) -> LocalModel:

@@ -112,7 +112,7 @@ class ModelProcess:
     """
 
     def __init__(self, process, connection, ready: tuple, exit_on_loss: bool = True):
-        self.info, self.eos_token_ids, self.continuous_unsupported = ready
+        self.info, self.eos_token_ids, self.continuous_unsupported, ready_memory = ready
         self.model = None  # in the child process
         self.progress = ProgressClock()  # ticked by every message of the child's (it reports its steps)
         self._process = process
@@ -124,7 +124,7 @@ class ModelProcess:
         self._pending: dict[object, Future] = {}
         self._keys = itertools.count()
         self._lost: str | None = None  # why calls fail now
-        self._gpu_bytes = 0.0
+        self._gpu_memory: dict[str, tuple[float, float]] = ready_memory
         self._receiver = threading.Thread(target=self._receive, name="chord-model-receive", daemon=True)
         self._receiver.start()
 
@@ -162,9 +162,10 @@ class ModelProcess:
         """Add these prompts to the child's running batch; a future per row, of ``FinishedRow``."""
         return self._send("admit", inputs, (list(limits), pad_id, set(stop_ids)), rows=len(limits))
 
-    def gpu_memory_allocated(self) -> float:
-        """Bytes torch held on the GPU in the model process when it last read a batch (0 before, or on CPU)."""
-        return self._gpu_bytes
+    def gpu_memory(self) -> dict[str, tuple[float, float]]:
+        """Per CUDA device, bytes torch held and reserved in the model process when it last read a batch (at
+        load before that; empty on the CPU)."""
+        return self._gpu_memory
 
     def _stop_wait_s(self) -> float:
         """How long a child that is making progress gets to finish; a stalled one gets a second."""
@@ -216,7 +217,7 @@ class ModelProcess:
             if message[0] == "progress":
                 continue
             if message[0] == "read":
-                self._gpu_bytes = message[1]
+                self._gpu_memory = message[1]
                 self._shared_free.release()
             else:  # ("done", key, ok, payload)
                 _, key, ok, payload = message
@@ -247,7 +248,6 @@ def _child_main(connection, settings: Settings) -> None:
     from app.engine.continuous import ContinuousDecoder
     from app.engine.decode_loop import Group, model_error, run_decode_loop
     from app.engine.local_model import LocalModel
-    from app.engine.runtime import cuda_memory_allocated
     from app.logs import configure_logging
 
     _die_with_parent()
@@ -260,7 +260,7 @@ def _child_main(connection, settings: Settings) -> None:
     except Exception as exc:  # noqa: BLE001 - the parent reports it as a load failure
         connection.send(("error", ModelLoadError(f"could not load the model: {type(exc).__name__}: {exc}")))
         return
-    connection.send(("ready", (runner.info, runner.eos_token_ids, runner.continuous_unsupported)))
+    connection.send(("ready", (runner.info, runner.eos_token_ids, runner.continuous_unsupported, runner.gpu_memory())))
     runner.on_progress = throttled(lambda: connection.send(("progress",)), PROGRESS_REPORT_S)
     shared = SharedTensors.reader()
     decoder = ContinuousDecoder(runner.model, set(), 0) if runner.continuous_unsupported is None else None
@@ -274,7 +274,7 @@ def _child_main(connection, settings: Settings) -> None:
             outcome = runner.generate_ids(inputs, max_new_tokens)
         except Exception as exc:  # noqa: BLE001 - the batch fails; the scheduler retries its requests alone
             outcome = model_error(exc, inputs["input_ids"].shape[0])
-        connection.send(("read", cuda_memory_allocated()))
+        connection.send(("read", runner.gpu_memory()))
         finished(key, outcome)
 
     def receive(block: bool) -> list[Group] | None:
@@ -298,7 +298,7 @@ def _child_main(connection, settings: Settings) -> None:
         return groups
 
     def admitted(group: Group) -> None:
-        connection.send(("read", cuda_memory_allocated()))
+        connection.send(("read", runner.gpu_memory()))
 
     if decoder is None:  # continuous batching unsupported: the parent sends "generate" only
         while receive(True) is not None:

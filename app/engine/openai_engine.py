@@ -103,8 +103,9 @@ class OpenAIEngine:
         """The engine server batches the concurrent requests itself."""
         return None
 
-    def gpu_memory_allocated(self) -> float:
-        return 0.0
+    def gpu_memory(self) -> dict[str, tuple[float, float]]:
+        """The engine server's GPUs are its own (and its own metrics')."""
+        return {}
 
     def seconds_since_progress(self) -> None:
         """The engine server's progress is its own (it has its own health); its reachability is probed."""

@@ -67,9 +67,17 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def cuda_memory_allocated() -> float:
-    """Bytes held by torch tensors on the current CUDA device (0 without CUDA); for /metrics."""
-    return float(torch.cuda.memory_allocated()) if torch.cuda.is_available() else 0.0
+def cuda_devices(model) -> list[torch.device]:
+    """The CUDA devices holding some of ``model``'s weights (several with a device_map split; none on the CPU)."""
+    return sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=lambda d: d.index or 0)
+
+
+def cuda_memory(devices: list[torch.device]) -> dict[str, tuple[float, float]]:
+    """Per device, bytes held by torch tensors and bytes reserved by its caching allocator; for /metrics."""
+    return {
+        str(device): (float(torch.cuda.memory_allocated(device)), float(torch.cuda.memory_reserved(device)))
+        for device in devices
+    }
 
 
 def release_cuda_cache() -> None:

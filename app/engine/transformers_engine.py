@@ -112,9 +112,9 @@ class TransformersEngine:
         """Stop the model's process, if it has one."""
         self.runner.close()
 
-    def gpu_memory_allocated(self) -> float:
-        """Bytes torch holds on the model's GPU, wherever the model runs."""
-        return self.runner.gpu_memory_allocated()
+    def gpu_memory(self) -> dict[str, tuple[float, float]]:
+        """Per CUDA device, bytes torch holds and reserves for the model, wherever the model runs."""
+        return self.runner.gpu_memory()
 
     def ground(self, requests: Sequence[GroundingRequest]) -> list[GroundingResult]:
         if not requests:

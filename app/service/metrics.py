@@ -16,6 +16,11 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# Per CUDA device ("cuda:0"): (bytes allocated, bytes reserved).
+GpuMemory = dict[str, tuple[float, float]]
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
@@ -72,7 +77,8 @@ class Metrics:
             "chord_decode_rows", "With continuous batching, per request: rows decoded alongside it, averaged over"
             " its decoding steps.", buckets=BATCH_BUCKETS, registry=self.registry,
         )  # fmt: skip
-        self._gpu_memory: Gauge | None = None
+        self.model_info = Gauge("chord_model_info", "1 for the model serving now.", ["model"], registry=self.registry)
+        self._gpu_memory: Callable[[], GpuMemory] = dict
 
     # BatchObserver, called by the scheduler's threads.
     def batch_done(self, size: int, queue_seconds, model_seconds: float) -> None:
@@ -87,10 +93,8 @@ class Metrics:
     def queue_depth(self, depth: int) -> None:
         self.queue_depth_gauge.set(depth)
 
-    def watch_model(self, model: str, seconds_since_progress: Callable[[], float | None], stalled: Callable[[], bool]):
-        """The serving model (a label, so a swap shows), its progress, and the model process's memory."""
-        info = Gauge("chord_model_info", "1 for the model serving now.", ["model"], registry=self.registry)
-        info.labels(model).set(1)
+    def watch_model(self, seconds_since_progress: Callable[[], float | None], stalled: Callable[[], bool]) -> None:
+        """The model's progress and the model process's memory, read from whatever model serves at each scrape."""
         since = Gauge(
             "chord_seconds_since_progress",
             "Seconds since the model last made progress (a decoding step, a prefill); grows while idle.",
@@ -106,26 +110,54 @@ class Metrics:
             "Resident memory of the server's child processes (the model's own process, MODEL_PROCESS=true).",
             registry=self.registry,
         ).set_function(_children_rss)
+        self.registry.register(GpuMemoryCollector(lambda: self._gpu_memory()))
 
-    def watch_gpu_memory(self, read_bytes: Callable[[], float]) -> None:
-        """Report GPU memory on each scrape (only called when the model runs on CUDA)."""
-        if self._gpu_memory is None:
-            self._gpu_memory = Gauge(
-                "chord_gpu_memory_allocated_bytes", "GPU memory held by torch tensors.", registry=self.registry
-            )
-            self._gpu_memory.set_function(read_bytes)
-            total = gpu_memory_total_bytes()
-            if total:
-                Gauge(
-                    "chord_gpu_memory_total_bytes", "Memory of the GPU the model runs on (nvidia-smi, read at load).",
-                    registry=self.registry,
-                ).set(total)  # fmt: skip
+    def serving_model(self, model: str, gpu_memory: Callable[[], GpuMemory]) -> None:
+        """The model that serves from now on: its name as the one ``chord_model_info`` label set to 1 (a swap
+        shows as the label changing) and its GPU memory."""
+        self.model_info.clear()
+        self.model_info.labels(model).set(1)
+        self._gpu_memory = gpu_memory
 
     def observe(self, endpoint: str, status: int, seconds: float, error_code: str | None) -> None:
         self.requests.labels(endpoint, str(status)).inc()
         self.latency.labels(endpoint).observe(seconds)
         if error_code is not None:
             self.errors.labels(error_code).inc()
+
+
+class GpuMemoryCollector(Collector):
+    """Per CUDA device of the serving model: bytes torch holds in tensors and bytes its allocator reserved, and
+    the device's total (nvidia-smi, read once). Nothing on the CPU."""
+
+    def __init__(self, read: Callable[[], GpuMemory]):
+        self._read = read
+        self._totals: dict[str, float] = {}
+
+    def collect(self):
+        used = self._read()
+        allocated = GaugeMetricFamily(
+            "chord_gpu_memory_allocated_bytes", "GPU memory held by torch tensors, per device.", labels=["device"]
+        )
+        reserved = GaugeMetricFamily(
+            "chord_gpu_memory_reserved_bytes", "GPU memory reserved by torch's caching allocator, per device.",
+            labels=["device"],
+        )  # fmt: skip
+        total = GaugeMetricFamily("chord_gpu_memory_total_bytes", "Memory of each GPU in use.", labels=["device"])
+        for device, (held, cached) in sorted(used.items()):
+            allocated.add_metric([device], held)
+            reserved.add_metric([device], cached)
+            if device not in self._totals:
+                self._totals[device] = gpu_memory_total_bytes(_index(device))
+            if self._totals[device]:
+                total.add_metric([device], self._totals[device])
+        if used:
+            yield from (allocated, reserved, total)
+
+
+def _index(device: str) -> int:
+    """0 for "cuda:0"."""
+    return int(device.partition(":")[2] or 0)
 
 
 def _children_rss() -> float:
@@ -138,15 +170,14 @@ def _children_rss() -> float:
     return float(total)
 
 
-def gpu_memory_total_bytes() -> float:
-    """Total memory of the first visible GPU (cuda:0), from nvidia-smi; 0 when it cannot be read."""
+def gpu_memory_total_bytes(index: int = 0) -> float:
+    """Total memory of visible GPU ``index`` (as torch numbers them), from nvidia-smi; 0 when it cannot be read."""
     smi = shutil.which("nvidia-smi")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-    if smi is None or visible.startswith("-"):
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if smi is None or (visible and (index >= len(visible) or visible[index].startswith("-"))):
         return 0.0
-    command = [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
-    if visible:
-        command += ["-i", visible]  # an index or a UUID, as CUDA_VISIBLE_DEVICES names it
+    gpu = visible[index] if visible else str(index)  # an index or a UUID, as CUDA_VISIBLE_DEVICES names it
+    command = [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", gpu]
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout
         return float(out.split()[0]) * 2**20  # MiB

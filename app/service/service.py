@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 
 import anyio
@@ -50,6 +51,18 @@ class LoadState(Enum):
     LOADING = "loading"
     READY = "ok"
     FAILED = "failed"
+    SWAPPING = "swapping"  # an in-place swap: the old model is gone, the new one not yet serving
+
+
+@dataclass
+class Serving:
+    """One loaded engine and the scheduler feeding it: what answers requests now (or did, until a swap)."""
+
+    engine: Engine
+    scheduler: BatchScheduler
+    settings: Settings  # MODEL_PATH is this engine's
+    load_seconds: float
+    outstanding: int = 0  # requests submitted to this scheduler and not yet answered (event-loop thread only)
 
 
 def load_transformers_engine(settings: Settings, own_process: bool | None = None) -> Engine:
@@ -83,11 +96,9 @@ class GroundingService:
         self.metrics = Metrics()
         self._loader = loader
         self._on_load_failure = on_load_failure
-        self._engine: Engine | None = None
-        self._scheduler: BatchScheduler | None = None
+        self._serving: Serving | None = None
         self._state = LoadState.LOADING
         self._load_error: ChordError | None = None
-        self._load_seconds: float | None = None
         self._started = time.monotonic()
         self._served = 0
         self._in_flight = 0
@@ -96,6 +107,11 @@ class GroundingService:
         self.pixel_budget = PixelBudget(
             settings.decode_budget_pixels, settings.request_timeout_s, self.metrics.decode_pixels.set
         )
+        self.metrics.watch_model(self._seconds_since_progress, lambda: self.stalled_s() is not None)
+
+    @property
+    def _engine(self) -> Engine | None:
+        return self._serving.engine if self._serving is not None else None
 
     # --- loading -------------------------------------------------------------------------
     def start_loading(self) -> None:
@@ -108,35 +124,69 @@ class GroundingService:
             raise self._load_error
 
     def _load(self) -> None:
-        started = time.perf_counter()
         logger.info("loading the model: %s", self.settings.describe())
         try:
-            engine = self._loader(self.settings)
+            serving = self.load_serving(self.settings)
         except ChordError as exc:
             self._fail(exc)
             return
+        self.switch_to(serving)
+
+    def load_serving(self, settings: Settings) -> Serving:
+        """Load the engine ``settings`` name and give it a scheduler; ChordError (ModelLoadError) when it cannot."""
+        started = time.perf_counter()
+        try:
+            engine = self._loader(settings)
+        except ChordError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any load fault must reach /health, not kill the server
             logger.exception("model load failed")
-            self._fail(ModelLoadError(f"could not load the model: {type(exc).__name__}: {exc}"))
-            return
-        self._load_seconds = time.perf_counter() - started
-        self.metrics.model_load_seconds.set(self._load_seconds)
-        if engine.info.device.startswith("cuda"):
-            self.metrics.watch_gpu_memory(engine.gpu_memory_allocated)
-        self.metrics.watch_model(engine.info.model, engine.seconds_since_progress, lambda: self.stalled_s() is not None)
-        self._scheduler = BatchScheduler(
+            raise ModelLoadError(f"could not load the model: {type(exc).__name__}: {exc}") from exc
+        return self.serve_engine(engine, settings, time.perf_counter() - started)
+
+    def serve_engine(self, engine: Engine, settings: Settings, load_seconds: float) -> Serving:
+        """A scheduler for a loaded engine: ready to be switched to."""
+        scheduler = BatchScheduler(
             engine,
-            max_batch_size=self.settings.max_batch_size,
-            max_batch_wait_ms=self.settings.max_batch_wait_ms,
-            continuous=self.settings.continuous_batching,
-            max_queue=self.settings.max_queue,
-            request_timeout_s=self.settings.request_timeout_s,
+            max_batch_size=settings.max_batch_size,
+            max_batch_wait_ms=settings.max_batch_wait_ms,
+            continuous=settings.continuous_batching,
+            max_queue=settings.max_queue,
+            request_timeout_s=settings.request_timeout_s,
             observer=self.metrics,
         )
-        self._engine = engine
+        return Serving(engine, scheduler, settings, load_seconds)
+
+    def switch_to(self, serving: Serving | None) -> Serving | None:
+        """Send new requests to ``serving`` from now on (None: refuse them while a model is swapped in place).
+
+        Returns what served until now; the caller retires it (``retire``): requests it already holds
+        are answered by it.
+        """
+        previous, self._serving = self._serving, serving
+        if serving is None:
+            self._state = LoadState.SWAPPING
+            self.metrics.model_ready.set(0)
+            return previous
+        self.settings = serving.settings
+        engine = serving.engine
+        self.metrics.model_load_seconds.set(serving.load_seconds)
+        self.metrics.serving_model(engine.info.model, engine.gpu_memory)
+        self._load_error = None
         self._state = LoadState.READY
         self.metrics.model_ready.set(1)
-        logger.info("ready: %s in %.1f s", engine.info.to_dict(), self._load_seconds)
+        logger.info("ready: %s in %.1f s", engine.info.to_dict(), serving.load_seconds)
+        return previous
+
+    def retire(self, serving: Serving, close_engine: bool = True) -> None:
+        """Wait (up to REQUEST_TIMEOUT_S) until ``serving`` has answered what it holds, stop its scheduler, and
+        let its engine go unless ``close_engine`` is false (kept for a switch back)."""
+        deadline = time.monotonic() + serving.settings.request_timeout_s
+        while serving.outstanding > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        serving.scheduler.stop()
+        if close_engine:
+            serving.engine.close()
 
     def _fail(self, error: ChordError) -> None:
         self._load_error = error
@@ -148,14 +198,16 @@ class GroundingService:
     def close(self) -> None:
         """Finish what the model holds, fail what is queued, let the model go. A stalled model is let go
         first: what it holds would never finish, and its requests fail at once instead."""
+        serving = self._serving
+        if serving is None:
+            return
         stalled = self._stalled or self.stalled_s() is not None  # requests cancelled by the shutdown left no work
         if stalled:
             logger.warning("the model is stalled: stopping it before the queue")
-            self._engine.close()
-        if self._scheduler is not None:
-            self._scheduler.stop()
-        if self._engine is not None and not stalled:
-            self._engine.close()
+            serving.engine.close()
+        serving.scheduler.stop()
+        if not stalled:
+            serving.engine.close()
 
     # --- state ---------------------------------------------------------------------------
     @property
@@ -166,6 +218,10 @@ class GroundingService:
     def healthy(self) -> bool:
         """Ready, the engine reachable (one behind HTTP answered its last check), and the model not stalled."""
         return self.ready and self._engine.reachable and self.stalled_s() is None
+
+    def _seconds_since_progress(self) -> float | None:
+        engine = self._engine
+        return engine.seconds_since_progress() if engine is not None else None
 
     def stalled_s(self) -> float | None:
         """Seconds the model has made no progress while work waited for it, once past STALL_TIMEOUT_S; else None.
@@ -185,7 +241,7 @@ class GroundingService:
 
     @property
     def loading(self) -> bool:
-        return self._state is LoadState.LOADING
+        return self._state in (LoadState.LOADING, LoadState.SWAPPING)
 
     def describe(self) -> str:
         """One line for people: what is serving, or what is happening instead."""
@@ -202,18 +258,20 @@ class GroundingService:
             "uptime_s": round(time.monotonic() - self._started, 1),
             "pid": os.getpid(),
         }
-        if self._engine is not None:
-            body.update(self._engine.info.to_dict())
+        serving = self._serving
+        if serving is not None:
+            engine = serving.engine
+            body.update(engine.info.to_dict())
             body.update(
                 requests_served=self._served,
-                queue_depth=self._scheduler.depth if self._scheduler else 0,
+                queue_depth=serving.scheduler.depth,
                 in_flight=self._in_flight,
-                load_seconds=round(self._load_seconds, 1),
+                load_seconds=round(serving.load_seconds, 1),
             )
-            engine_health = self._engine.health()
+            engine_health = engine.health()
             if engine_health is not None:
                 body["engine"] = engine_health
-                if not self._engine.reachable:
+                if not engine.reachable:
                     body["status"] = "engine_unreachable"
             stalled = self.stalled_s()
             if stalled is not None:
@@ -224,11 +282,13 @@ class GroundingService:
             body.update(model=self.settings.model_path, device=self.settings.device)
         return body
 
-    def _require_engine(self) -> Engine:
-        if self._engine is not None:
-            return self._engine
+    def _require_serving(self) -> Serving:
+        if self._serving is not None:
+            return self._serving
         if self._load_error is not None:
             raise ModelLoadError(self._load_error.message)
+        if self._state is LoadState.SWAPPING:
+            raise ModelNotReady("the model is being swapped; try again in a moment (GET /health says when it is ready)")
         raise ModelNotReady("the model is still loading; try again in a moment (GET /health says when it is ready)")
 
     # --- input -----------------------------------------------------------------------------
@@ -391,14 +451,15 @@ class GroundingService:
 
     async def ground_one(self, image: Image.Image, phrases: tuple[str, ...], options: GroundingOptions):
         """One request through the batching scheduler: 503 busy at once when the queue is full, 504 on timeout."""
-        self._require_engine()
+        serving = self._require_serving()
         request = GroundingRequest(
             image, phrases, max_new_tokens=options.max_new_tokens, prompt_template=options.prompt_template
         )
-        future = self._scheduler.submit(request)
+        future = serving.scheduler.submit(request)
         if self._in_flight == 0:
             self._busy_since = time.monotonic()
         self._in_flight += 1
+        serving.outstanding += 1
         self.metrics.in_flight.inc()
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), timeout=self.settings.request_timeout_s)
@@ -407,6 +468,7 @@ class GroundingService:
             raise RequestTimeout(f"no answer within REQUEST_TIMEOUT_S={self.settings.request_timeout_s:g} s") from None
         finally:
             self._in_flight -= 1
+            serving.outstanding -= 1
             self.metrics.in_flight.dec()
         self._served += 1
         return result.above(options.score_threshold)

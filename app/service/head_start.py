@@ -1,0 +1,38 @@
+"""The first model load, begun before the server's heavy imports so the two overlap.
+
+A server start is two slow things: importing the web stack (Gradio, a few seconds) and loading the
+model (the model process imports torch and transformers, then reads the weights). Started first,
+the load runs in its own thread and process while the main thread imports the rest: a restarted
+server answers again in the longer of the two instead of their sum.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+from app.engine.base import Engine
+from app.service.service import Loader, load_engine
+from app.settings import Settings
+
+
+class HeadStart:
+    """A loader whose first call, for the settings it was made with, returns the load begun at construction."""
+
+    def __init__(self, settings: Settings, loader: Loader = load_engine):
+        self._settings = settings
+        self._loader = loader
+        self._pending: Future | None = Future()
+        threading.Thread(target=self._load, args=(self._pending,), name="chord-load-early", daemon=True).start()
+
+    def _load(self, pending: Future) -> None:
+        try:
+            pending.set_result(self._loader(self._settings))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits, as a load of its own would raise it
+            pending.set_exception(exc)
+
+    def __call__(self, settings: Settings) -> Engine:
+        pending, self._pending = self._pending, None
+        if pending is not None and settings == self._settings:
+            return pending.result()
+        return self._loader(settings)
