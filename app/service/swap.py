@@ -125,7 +125,7 @@ class ModelSwap:
         if problem is not None:
             if previous is not None:
                 service.switch_to(service.serve_engine(previous.engine, previous.settings, previous.load_seconds))
-            service.retire(new)
+            self._drop(new)
             raise SwapFailed(f"{problem}; back to {self._serving_model()}")
         if previous is not None:
             previous.engine.close()
@@ -144,7 +144,7 @@ class ModelSwap:
             problem = self._watch(plan.watch_s, say)
             if problem is not None:
                 service.switch_to(None)
-                service.retire(new)
+                self._drop(new)
                 raise SwapFailed(problem)
         except SwapFailed as failure:
             if previous is None:
@@ -194,6 +194,11 @@ class ModelSwap:
                 return f"the new model turned unhealthy: /health says {self._service.health()['status']}"
             time.sleep(HEALTH_POLL_S)
         return None
+
+    def _drop(self, serving: Serving) -> None:
+        """Let a new model that failed its watch go at once: what it holds fails now instead of waiting for it."""
+        serving.engine.close()
+        self._service.retire(serving, close_engine=False)
 
     def _serving_model(self) -> str:
         return self._service.health().get("model", "")
