@@ -78,10 +78,8 @@ class Stack:
 
 
 def watchdog_env(**overrides) -> dict[str, str]:
+    """The watchdog's default checks (interval, time-out, failures); a smaller budget and grace for tests."""
     env = {
-        "WATCHDOG_INTERVAL": "1",
-        "WATCHDOG_TIMEOUT": "2",
-        "WATCHDOG_FAILURES": "3",
         "WATCHDOG_GRACE": "60",
         "WATCHDOG_MAX_RESTARTS": "3",
         "WATCHDOG_WINDOW": "600",
@@ -127,7 +125,7 @@ def test_kill_9_comes_back_within_load_time_plus_5_s(stack):
     assert "Address already in use" not in stack.log("chord")
 
 
-def test_a_hung_server_is_restarted_by_the_watchdog_within_30_s(stack):
+def test_a_hung_server_serves_again_within_20_s(stack):
     pid = stack.pid()
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -138,8 +136,9 @@ def test_a_hung_server_is_restarted_by_the_watchdog_within_30_s(stack):
         except ProcessLookupError:
             pass
     print(f"\nkill -STOP: restarted and healthy after {took:.1f} s")
-    assert took <= max(30, 15 + stack.load_seconds)  # a few checks, the restart, then a start like the first
-    assert "restart chord" in stack.log("watchdog")
+    # Two failed checks (3 s apart, then 1 s; 2 s time-outs), a kill, then a start like the first one.
+    assert took <= 20
+    assert "kill chord" in stack.log("watchdog")
 
 
 def test_a_frozen_model_process_is_restarted_and_serves_again_within_45_s(stack, sample_png):
@@ -168,8 +167,8 @@ def test_a_frozen_model_process_is_restarted_and_serves_again_within_45_s(stack,
     except psutil.NoSuchProcess:
         pass
     print(f"\nmodel process kill -STOP: /api/ground 200 again after {answered} s")
-    # STALL_TIMEOUT_S (15 s), a check (3 s), the stop (about 8 s), then a start as long as the first one.
-    assert answered is not None and answered <= 30 + stack.load_seconds
+    # STALL_TIMEOUT_S (15 s), a check (3 s), the stop (a few seconds), then a start like the first one.
+    assert answered is not None and answered <= 45
     # /health says "stalled" only until the watchdog's next check restarts it: its log is the witness.
     assert "reports its model stalled" in stack.log("watchdog") and stack.pid() != server
 
