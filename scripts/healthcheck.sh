@@ -22,12 +22,8 @@ set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
-if [[ -f "$ROOT/run/chord.env" ]]; then
-  set -a
-  # shellcheck disable=SC1091
-  . "$ROOT/run/chord.env"
-  set +a
-fi
+# shellcheck source=scripts/chord_env.sh
+. "$ROOT/scripts/chord_env.sh"
 
 INTERVAL="${WATCHDOG_INTERVAL:-3}"          # seconds between checks
 RECHECK="${WATCHDOG_RECHECK:-1}"            # seconds before the next check after a failed one

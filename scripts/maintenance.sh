@@ -16,12 +16,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [[ -f "$ROOT/run/chord.env" ]]; then
-  set -a
-  # shellcheck disable=SC1091
-  . "$ROOT/run/chord.env"
-  set +a
-fi
+# shellcheck source=scripts/chord_env.sh
+. "$ROOT/scripts/chord_env.sh"
 
 LOG_DIR="${MAINT_LOG_DIR:-$ROOT/logs}"          # the logs folder
 LOG_DAYS="${MAINT_LOG_DAYS:-7}"                 # rotated logs older than this many days are deleted

@@ -3,10 +3,6 @@
 # resource log watches the same PORT and uses the same ALERT_* thresholds), then exec the resource log.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [[ -f "$ROOT/run/chord.env" ]]; then
-  set -a
-  # shellcheck disable=SC1091
-  . "$ROOT/run/chord.env"
-  set +a
-fi
+# shellcheck source=scripts/chord_env.sh
+. "$ROOT/scripts/chord_env.sh"
 exec "$ROOT/.venv/bin/python" "$ROOT/scripts/resource_log.py" "$@"

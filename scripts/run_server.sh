@@ -4,10 +4,6 @@
 # --run-dir is where `chordctl swap` leaves its requests for this server.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [[ -f "$ROOT/run/chord.env" ]]; then
-  set -a
-  # shellcheck disable=SC1091
-  . "$ROOT/run/chord.env"
-  set +a
-fi
+# shellcheck source=scripts/chord_env.sh
+. "$ROOT/scripts/chord_env.sh"
 exec "$ROOT/.venv/bin/python" -m app serve --run-dir "$ROOT/run" "$@"
