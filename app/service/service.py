@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import anyio
@@ -63,6 +63,7 @@ class Serving:
     settings: Settings  # MODEL_PATH is this engine's
     load_seconds: float
     outstanding: int = 0  # requests submitted to this scheduler and not yet answered (event-loop thread only)
+    busy_since: float = field(default_factory=time.monotonic)  # when work last arrived while it was idle
 
 
 def load_transformers_engine(settings: Settings, own_process: bool | None = None) -> Engine:
@@ -102,7 +103,6 @@ class GroundingService:
         self._started = time.monotonic()
         self._served = 0
         self._in_flight = 0
-        self._busy_since = time.monotonic()  # when work last arrived at an idle service
         self._stalled = False  # what stalled_s last found
         self.pixel_budget = PixelBudget(
             settings.decode_budget_pixels, settings.request_timeout_s, self.metrics.decode_pixels.set
@@ -227,15 +227,16 @@ class GroundingService:
         """Seconds the model has made no progress while work waited for it, once past STALL_TIMEOUT_S; else None.
 
         Idle is never stalled: the quiet time counts from the later of the last progress and the moment
-        work arrived.
+        work arrived. Only the serving model's own work counts (not a swapped-out model's last requests).
         """
-        if self._engine is None or self._in_flight == 0:
+        serving = self._serving
+        if serving is None or serving.outstanding == 0:
             self._stalled = False
             return None
-        since_progress = self._engine.seconds_since_progress()
+        since_progress = serving.engine.seconds_since_progress()
         if since_progress is None:
             return None
-        quiet = min(since_progress, time.monotonic() - self._busy_since)
+        quiet = min(since_progress, time.monotonic() - serving.busy_since)
         self._stalled = quiet > self.settings.stall_timeout_s
         return quiet if self._stalled else None
 
@@ -456,8 +457,8 @@ class GroundingService:
             image, phrases, max_new_tokens=options.max_new_tokens, prompt_template=options.prompt_template
         )
         future = serving.scheduler.submit(request)
-        if self._in_flight == 0:
-            self._busy_since = time.monotonic()
+        if serving.outstanding == 0:
+            serving.busy_since = time.monotonic()
         self._in_flight += 1
         serving.outstanding += 1
         self.metrics.in_flight.inc()
