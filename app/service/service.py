@@ -340,6 +340,7 @@ class GroundingService:
             result = await self.ground_fitted(picture.image, phrases, options)
         if picture.image.size != picture.original_wh:
             result = rescale_result(result, picture.original_wh)
+        result = result.reviewed(self.settings.review_threshold)  # merged tiles: the kept boxes decide
         record.boxes = len(result.boxes)
         return result
 
@@ -409,4 +410,4 @@ class GroundingService:
             self._in_flight -= 1
             self.metrics.in_flight.dec()
         self._served += 1
-        return result.above(options.score_threshold)
+        return result.above(options.score_threshold).reviewed(self.settings.review_threshold)
