@@ -231,7 +231,9 @@ def build_ui(service: GroundingService) -> gr.Blocks:
                                 elem_id="chord-template",
                             )  # fmt: skip
                             tiling = gr.Checkbox(
-                                value=service.settings.tiling, label=T("tiling"), elem_id="chord-tiling"
+                                value=service.settings.tiling or service.settings.large_image_mode == "tiles",
+                                label=T("tiling"),
+                                elem_id="chord-tiling",
                             )
                         examples, examples_label = _examples(service)
                         scenes = gr.Examples(
