@@ -1,7 +1,8 @@
 """Large images (LARGE_IMAGE_MODE): a whole-image pass, then zoom-in refinement; ``tiles`` adds a tile search.
 
-``refine``: the whole (downscaled) image is grounded; a crop around each candidate box (with a margin)
-is grounded again at a higher resolution and the candidate is kept only when that answer confirms it
+``refine``: the whole (downscaled) image is grounded; a candidate box whose label names something
+not asked is dropped; a crop around each other candidate (with a margin) is grounded again at a
+higher resolution and the candidate is kept only when that answer confirms it
 (``app.grounding.zoom.confirming_box``); the refined box replaces it. ``tiles``: the tiles' boxes are
 candidates too, confirmed the same way, for targets too small for the whole-image pass. Boxes are then
 merged with torchvision's NMS.
@@ -21,7 +22,7 @@ from PIL import Image
 from app.engine.nms import nms_keep
 from app.grounding.result import GroundingResult
 from app.grounding.tiling import combine, shift_result, tile_windows
-from app.grounding.zoom import MAX_CANDIDATES, ZOOM_MIN_FRACTION, confirming_box, zoom_window
+from app.grounding.zoom import MAX_CANDIDATES, ZOOM_MIN_FRACTION, confirming_box, label_agrees, zoom_window
 
 # Grounds one (cropped) image with the request's phrases and options; boxes in that image's pixels.
 GroundCrop = Callable[[Image.Image], Awaitable[GroundingResult]]
@@ -38,7 +39,8 @@ async def ground_large(image: Image.Image, phrases: tuple[str, ...], mode: str, 
             crop = await anyio.to_thread.run_sync(image.crop, window)
             candidates.append(shift_result(await ground(crop), window, image.size))
     merged = _merged(candidates, image.size)
-    order = sorted(range(len(merged.boxes)), key=lambda i: -(merged.scores[i] or 0.0))[:MAX_CANDIDATES]
+    named = [i for i, label in enumerate(merged.labels) if label_agrees(label, phrases)]  # others: another thing
+    order = sorted(named, key=lambda i: -(merged.scores[i] or 0.0))[:MAX_CANDIDATES]
     confirmed = [whole_without_boxes(whole, image.size)]
     min_side = max(1, round(tile_size * ZOOM_MIN_FRACTION))
     for index in order:

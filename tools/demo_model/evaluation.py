@@ -167,8 +167,9 @@ def write_case_files(cases: Sequence[SceneCase], folder, groups: bool = False) -
         category = categories.setdefault(case.phrase, len(categories) + 1)
         images.append({"id": number, "file_name": name, "width": case.image.width, "height": case.image.height})
         x1, y1, x2, y2 = case.box
-        annotations.append({"id": number, "image_id": number, "category_id": category,
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})  # fmt: skip
+        bbox = [x1, y1, x2 - x1, y2 - y1]
+        annotations.append({"id": number, "image_id": number, "category_id": category, "bbox": bbox,
+                            "area": bbox[2] * bbox[3], "iscrowd": 0})  # fmt: skip
     jsonl = folder / "cases.jsonl"
     jsonl.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
     coco = folder / "coco.json"
