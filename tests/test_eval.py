@@ -141,6 +141,25 @@ def test_bad_cases_say_which_and_why(record, message):
         cases_from_records([record])
 
 
+def test_files_are_read_by_their_shape_and_paths_resolved_next_to_them(tmp_path):
+    from app.batch.evaluation import load_cases
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(b"not read here")
+    refcoco = tmp_path / "refs.json"  # a JSON list of RefCOCO-style records
+    refcoco.write_text(json.dumps([{"file_name": "img/a.png", "sentences": ["the dog"], "bbox": [1, 2, 3, 4]}]))
+    jsonl = tmp_path / "cases.jsonl"
+    jsonl.write_text(json.dumps({"image": str(tmp_path / "img" / "a.png"), "phrase": "dog", "boxes": [[1, 2, 4, 6]]}))
+    (from_refs,) = load_cases(refcoco)
+    (from_jsonl,) = load_cases(jsonl)
+    assert from_refs.image == from_jsonl.image == str(tmp_path / "img" / "a.png")  # relative and absolute
+    assert from_refs.boxes == from_jsonl.boxes == ((1, 2, 4, 6),)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="holds no cases"):
+        load_cases(empty)
+
+
 def test_eval_refuses_a_missing_image_before_loading_a_model(tmp_path):
     cases = tmp_path / "cases.jsonl"
     cases.write_text(json.dumps({"image": "nowhere.png", "phrase": "x", "boxes": [[0, 0, 1, 1]]}) + "\n")
