@@ -1,4 +1,4 @@
-"""Command line: ``python -m app serve | ground | batch | video | parse | tiny-model``."""
+"""Command line: ``python -m app serve | ground | batch | video | eval | parse | tiny-model``."""
 
 from __future__ import annotations
 
@@ -70,6 +70,21 @@ def _parser() -> argparse.ArgumentParser:
     _option_arguments(video, tiling=False)
     video.add_argument("--model", default=None, help="override MODEL_PATH")
     video.set_defaults(handler=_video)
+
+    evaluate = commands.add_parser("eval", help="measure accuracy on labelled cases (JSONL, COCO or RefCOCO-style)")
+    evaluate.add_argument(
+        "cases", help="cases file: JSONL {image, phrase, boxes}, COCO detection JSON, or RefCOCO-style"
+    )
+    evaluate.add_argument("--server", default=None, help="ground on a running Chord server at this URL instead")
+    evaluate.add_argument(
+        "--out", default=None, help="also write the report, with every case's outcome, to this JSON file"
+    )
+    evaluate.add_argument("--min-accuracy", type=float, default=None,
+                          help="exit with status 1 when acc_iou50 is under this (0..1)")  # fmt: skip
+    evaluate.add_argument("--batch-size", type=int, default=None, help="cases per batch (default MAX_BATCH_SIZE)")
+    _option_arguments(evaluate, tiling=True)
+    evaluate.add_argument("--model", default=None, help="override MODEL_PATH (in-process only)")
+    evaluate.set_defaults(handler=_eval)
 
     parse = commands.add_parser("parse", help="parse a raw model answer from stdin; needs no model")
     parse.add_argument("--family", required=True, choices=["qwen-vl", "qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
@@ -202,20 +217,7 @@ def _batch(args) -> int:
     recorded_paths(Path(args.out) / RESULTS_NAME, phrases)  # refuse a mixed output before loading the model
     settings = _tool_settings(args)
     batch_size = args.batch_size or settings.max_batch_size
-    if args.server:
-        from app.batch.grounders import ServerGrounder
-        from app.grounding.options import GroundingOptions
-        from app.grounding.prompts import clean_template
-
-        grounder = ServerGrounder(args.server, timeout_s=max(600.0, settings.request_timeout_s))
-        template = clean_template(args.prompt_template, settings.max_prompt_chars)
-        options = GroundingOptions(args.max_new_tokens, args.score_threshold, template, args.tiling)
-    else:
-        from app.batch.grounders import ServiceGrounder
-
-        chord = _in_process(settings.model_copy(update={"max_batch_size": batch_size}))
-        grounder = ServiceGrounder(chord)
-        options = _options(chord.service, args)
+    grounder, options = _grounder(args, settings, batch_size)
     try:
         summary = run_batch(
             args.input_dir,
@@ -235,6 +237,50 @@ def _batch(args) -> int:
         grounder.close()
     print(f"done: {summary.line()}")
     print(f"results: {args.out}/{RESULTS_NAME}" + (f", COCO: {args.coco}" if args.coco else ""))
+    return 0
+
+
+def _grounder(args, settings, batch_size: int):
+    """The grounder ``--server`` names (or the service in this process) and the command's options."""
+    if args.server:
+        from app.batch.grounders import ServerGrounder
+        from app.grounding.options import GroundingOptions
+        from app.grounding.prompts import clean_template
+
+        grounder = ServerGrounder(args.server, timeout_s=max(600.0, settings.request_timeout_s))
+        template = clean_template(args.prompt_template, settings.max_prompt_chars)
+        return grounder, GroundingOptions(args.max_new_tokens, args.score_threshold, template, args.tiling)
+    from app.batch.grounders import ServiceGrounder
+
+    chord = _in_process(settings.model_copy(update={"max_batch_size": batch_size}))
+    return ServiceGrounder(chord), _options(chord.service, args)
+
+
+def _eval(args) -> int:
+    from tqdm import tqdm
+
+    from app.batch.evaluation import load_cases, run_eval
+    from app.batch.runner import write_json_atomic
+    from app.grounding.evaluation import outcome_dict, summarise
+
+    if args.min_accuracy is not None and not 0 <= args.min_accuracy <= 1:
+        raise ValueError(f"--min-accuracy must be in 0..1, got {args.min_accuracy}")
+    cases = load_cases(args.cases)  # a bad file is said before the model loads
+    settings = _tool_settings(args)
+    batch_size = args.batch_size or settings.max_batch_size
+    grounder, options = _grounder(args, settings, batch_size)
+    try:
+        with tqdm(total=len(cases), unit="case", file=sys.stderr, desc="eval") as bar:
+            outcomes = run_eval(cases, grounder, options, batch_size, bar.update)
+    finally:
+        grounder.close()
+    report = {"cases_file": args.cases, "server": args.server, **summarise(outcomes)}
+    print(json.dumps(report, ensure_ascii=False, indent=2))
+    if args.out:
+        write_json_atomic(args.out, {**report, "outcomes": [outcome_dict(o) for o in outcomes]})
+    if args.min_accuracy is not None and report["acc_iou50"] < args.min_accuracy:
+        print(f"acc_iou50 {report['acc_iou50']:.4f} is under --min-accuracy {args.min_accuracy}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -109,8 +109,16 @@ class Settings(BaseSettings):
         4096, ge=64, description="Longer sides are downscaled for the model; boxes map back to the original."
     )
     max_prompt_chars: int = Field(500, ge=1, le=100_000, description="Longest prompt, in characters; longer gets 422.")
-    tiling: bool = Field(False, description="Ground huge images tile by tile (also per request: tiling=true).")
+    large_image_mode: Literal["off", "refine", "tiles"] = Field(
+        "refine",
+        description="Images past TILE_SIZE^2 pixels: 'off' one pass; 'refine' zoom into each candidate to confirm it; "
+        "'tiles' also search tiles (per request: tiling=true).",
+    )
+    tiling: bool = Field(False, description="Old switch kept as an alias: true means LARGE_IMAGE_MODE=tiles.")
     tile_size: int = Field(1024, ge=256, description="Tile side, in pixels of the original image, when tiling.")
+    review_threshold: float = Field(
+        0.7, ge=0.0, le=1.0, description="A result whose best box scores under this (or has no box) needs review."
+    )
     api_key: str = Field("", description="When set, REST and Gradio API calls need it (Bearer or X-API-Key).")
     ui_auth: str = Field("", description="UI logins 'user:password[,user2:password2]'; empty = no UI login.")
     exit_on_load_failure: bool = Field(

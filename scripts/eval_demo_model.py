@@ -1,25 +1,25 @@
-"""Evaluate a demo checkpoint through the engine on fresh scenes, as the server would ground them.
+"""Evaluate a demo checkpoint on fresh scenes: the scenes written as cases, then ``python -m app eval``.
 
-    python scripts/eval_demo_model.py --model demo --n 200
+    python scripts/eval_demo_model.py --model demo --n 200 [--server URL] [--out report.json]
 
-Scenes come from the 'eval' stream, which training never draws from. Prints the valid-answer rate,
-the mean IoU and the share of scenes whose target gets IoU >= 0.5 (the issue-7 bar is 0.8).
+Scenes come from the 'eval' stream, which training never draws from; they are written to --cases-dir
+(images/, cases.jsonl grouped by object count, and the same cases as coco.json), and the report is the
+eval command's: acc_iou50 (the highest-scoring box reaches IoU >= 0.5; the issue-7 bar is 0.8),
+acc_iou75, mean_iou, recall, latency and per-group numbers.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
+import os
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.engine.transformers_engine import TransformersEngine  # noqa: E402
-from app.settings import load_settings  # noqa: E402
-from tools.demo_model.evaluation import engine_grounder, evaluate, fresh_cases  # noqa: E402
+from app.cli import main as chord  # noqa: E402
+from tools.demo_model.evaluation import fresh_cases, write_case_files  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,19 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="eval", choices=["eval", "test"], help="scene stream (never 'train')")
     parser.add_argument("--start", type=int, default=0, help="first scene index in the stream")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--server", default=None, help="evaluate a running Chord server instead")
+    parser.add_argument("--out", default=None, help="write the full report (every case) here")
+    parser.add_argument("--cases-dir", default=None, help="where the scenes are written (default: a temp dir)")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.WARNING)
-    import torch
-
-    torch.set_num_threads(args.threads)
-    engine = TransformersEngine.load(load_settings(model_path=args.model, device="cpu"))
-    started = time.perf_counter()
-    report = evaluate(fresh_cases(args.n, args.split, args.start), engine_grounder(engine), args.batch_size)
-    summary = {"model": engine.info.model, **report.summary(), "seconds": round(time.perf_counter() - started, 1)}
-    print(json.dumps(summary, ensure_ascii=False, indent=2))
-    return 0
+    folder = Path(args.cases_dir or tempfile.mkdtemp(prefix="chord-demo-eval-"))
+    jsonl, _ = write_case_files(fresh_cases(args.n, args.split, args.start), folder, groups=True)
+    os.environ.setdefault("DEVICE", "cpu")
+    command = ["eval", str(jsonl), "--batch-size", str(args.batch_size)]
+    command += ["--server", args.server] if args.server else ["--model", args.model]
+    command += ["--out", args.out] if args.out else []
+    return chord(command)
 
 
 if __name__ == "__main__":

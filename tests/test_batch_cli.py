@@ -86,6 +86,7 @@ def test_batch_folder_with_broken_files_writes_jsonl_coco_and_annotated(tiny_che
         assert "error" not in line and line["phrases"] == PHRASES
         assert line["image_size"] == list(Image.open(images / name).size)
         assert len(line["boxes"]) == len(line["labels"]) == len(line["scores"])
+        assert line["needs_review"] is (line["confidence"] is None or line["confidence"] < 0.7)
         assert isinstance(line["text"], str)
         assert Image.open(out / "annotated" / name).size == tuple(line["image_size"])
     for name in ["corrupt.png", "notes.jpg"]:

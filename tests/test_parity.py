@@ -3,8 +3,8 @@
 A 5200x3400 image (past MAX_IMAGE_SIDE and the model's pixel budget) and a two-phrase prompt, on the
 bundled demo model, through REST multipart, REST base64, the batch route, gradio_client, the browser
 UI, the command line's ``ground``, ``batch`` in-process and ``batch --server``, and the video route on a
-one-frame lossless clip: the same boxes (within 1 px) and labels everywhere. Then again with tiling
-on, with a prompt template and with a score threshold.
+one-frame lossless clip: the same boxes (within 1 px), labels, confidence and needs_review everywhere.
+Then again with tiling on, with a prompt template and with a score threshold.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def video_route(url: str, scene: Path, options: GroundingOptions) -> dict:
     fields.pop("tiling", None)  # frames are not tiled
     answer = httpx.post(f"{url}/api/ground/video", files={"video": ("scene.mov", data)}, data=fields, timeout=600)
     frame = answer.json()["frames"][0]
-    return {"image_size": frame["image_size"], "boxes": frame["boxes"], "labels": frame["labels"]}
+    return {key: frame[key] for key in ("image_size", "boxes", "labels", "confidence", "needs_review")}
 
 
 def cli_arguments(options: GroundingOptions) -> list[str]:
@@ -179,7 +179,15 @@ def browser_ui(page, scene: Path, options: GroundingOptions) -> dict:
     numbers = [int(v) for v in re.findall(r"\d+", shown)]
     labels = re.findall(r'"([^"]*)"', text.split('"labels"', 1)[1].split('"scores"', 1)[0])
     boxes = [numbers[i : i + 4] for i in range(0, len(numbers), 4)]
-    return {"image_size": [5200, 3400], "boxes": boxes, "labels": labels}
+    confidence = re.search(r'"confidence"\s*:\s*(null|[\d.]+)', text).group(1)
+    needs_review = re.search(r'"needs_review"\s*:\s*(true|false)', text).group(1)
+    return {
+        "image_size": [5200, 3400],
+        "boxes": boxes,
+        "labels": labels,
+        "confidence": None if confidence == "null" else float(confidence),
+        "needs_review": needs_review == "true",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +201,15 @@ def page(demo_server):
         page.set_default_timeout(120_000)
         yield page
         browser.close()
+
+
+def review_of(result: dict) -> tuple[float | None, bool]:
+    """The result's own confidence and review flag, which must agree with its boxes' scores."""
+    return result["confidence"], result["needs_review"]
+
+
+def same_review(a: tuple[float | None, bool], b: tuple[float | None, bool]) -> bool:
+    return a[1] == b[1] and (a[0] is None) == (b[0] is None) and (a[0] is None or abs(a[0] - b[0]) <= 0.02)
 
 
 def close_enough(a: list[tuple[str, list[int]]], b: list[tuple[str, list[int]]]) -> bool:
@@ -209,16 +226,22 @@ def test_every_door_gives_the_same_boxes(demo_server, scene, page, case):
         scores = sorted(rest_multipart(demo_server.url, scene, GroundingOptions())["scores"])
         assert len(scores) == 2 and scores[0] < scores[1], scores
         options = GroundingOptions(score_threshold=round((scores[0] + scores[1]) / 2, 4))
-    reference = boxes_of(rest_multipart(demo_server.url, scene, options))
+    first = rest_multipart(demo_server.url, scene, options)
+    reference, reference_review = boxes_of(first), review_of(first)
+    assert reference_review == (max(first["scores"]), max(first["scores"]) < 0.7), first
     if case == "threshold":
         assert len(reference) == 1, reference  # the lower-scored box is dropped
     if case == "defaults":
         assert [label for label, _ in reference] == sorted(PHRASES), reference  # both phrases found
     page.goto(demo_server.url)
-    answers = {"browser UI": boxes_of(browser_ui(page, scene, options))}
+    shown = browser_ui(page, scene, options)
+    answers, reviews = {"browser UI": boxes_of(shown)}, {"browser UI": review_of(shown)}
     for door, ground in DOORS.items():
         if case == "tiling" and door.startswith("video"):
             continue  # video frames are not tiled
-        answers[door] = boxes_of(ground(demo_server.url, scene, options))
+        result = ground(demo_server.url, scene, options)
+        answers[door], reviews[door] = boxes_of(result), review_of(result)
     differing = {door: boxes for door, boxes in answers.items() if not close_enough(boxes, reference)}
     assert not differing, f"REST multipart gave {reference}; these differ: {differing}"
+    differing = {door: review for door, review in reviews.items() if not same_review(review, reference_review)}
+    assert not differing, f"REST multipart gave confidence/needs_review {reference_review}; these differ: {differing}"

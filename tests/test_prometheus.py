@@ -21,7 +21,7 @@ PROMETHEUS_DIR = ROOT / "config" / "prometheus"
 DASHBOARD = ROOT / "config" / "grafana" / "chord-dashboard.json"
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
-# Exported only when the model runs on CUDA (GpuMemoryCollector in app/service/metrics.py); a CPU test server lacks them.
+# Exported only when the model runs on CUDA (metrics.GpuMemoryCollector); a CPU test server lacks them.
 CUDA_ONLY = {"chord_gpu_memory_allocated_bytes", "chord_gpu_memory_reserved_bytes", "chord_gpu_memory_total_bytes"}
 METRIC_NAME = re.compile(r"\b((?:chord|process)_[a-z0-9_]+)")
 

@@ -24,7 +24,8 @@ from app.server.main import create_app
 from app.service.frames import AnnotatedVideo
 from app.settings import load_settings
 
-RESULT_KEYS = {"boxes", "labels", "scores", "points", "text", "image_size", "model", "latency_ms", "phrases"}
+RESULT_KEYS = {"boxes", "labels", "scores", "points", "text", "image_size", "model", "latency_ms", "phrases",
+               "confidence", "needs_review"}  # fmt: skip
 READY_TIMEOUT_S = 120
 
 
@@ -88,6 +89,9 @@ def assert_result(body: dict, image_wh: list[int]) -> None:
     assert body["image_size"] == image_wh
     assert body["model"] and isinstance(body["text"], str)
     assert len(body["boxes"]) == len(body["labels"]) == len(body["scores"])
+    known = [s for s in body["scores"] if s is not None]
+    assert body["confidence"] == (max(known) if known else None)  # the best box's score
+    assert body["needs_review"] is (body["confidence"] is None or body["confidence"] < 0.7)
     for x1, y1, x2, y2 in body["boxes"]:
         assert 0 <= x1 <= x2 <= image_wh[0] and 0 <= y1 <= y2 <= image_wh[1]
 

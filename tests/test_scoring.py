@@ -33,6 +33,35 @@ def test_span_scores(item_spans, logprobs, expected):
     assert span_scores(item_spans, token_spans, logprobs) == expected
 
 
+ANSWER = '[{"bbox_2d": [12, 7], "label": "cat"}]'
+
+
+def _tokens(text: str, cuts: list[int]) -> list[tuple[int, int]]:
+    return list(zip([0, *cuts], [*cuts, len(text)], strict=True))
+
+
+@pytest.mark.parametrize(
+    ("cuts", "probabilities", "expected"),
+    [
+        # '[{"bbox_2d": [' | '12' | ', ' | '7' | '], "label": "cat"}]': the digits 12 and 7 count, nothing else
+        ([14, 16, 18, 19], [0.99, 0.5, 0.99, 0.5, 0.99], 0.5),
+        ([14, 16, 18, 19], [0.1, 0.9, 0.1, 0.9, 0.1], 0.9),  # unsure keys do not lower it
+        ([14, 15, 16, 18, 19], [0.99, 0.8, 0.2, 0.99, 0.4, 0.99], 0.4),  # '1' '2' '7': geometric mean 0.8*0.2*0.4
+    ],
+)
+def test_with_the_answer_only_the_digits_count(cuts, probabilities, expected):
+    spans = _tokens(ANSWER, cuts)
+    logprobs = [math.log(p) for p in probabilities]
+    assert span_scores([(1, len(ANSWER) - 1)], spans, logprobs, ANSWER) == [pytest.approx(expected, abs=1e-4)]
+
+
+def test_a_box_without_digit_tokens_counts_all_of_its_tokens():
+    text = "<box>(a,b)</box>"
+    spans = _tokens(text, [5, 10])
+    logprobs = [math.log(0.5), math.log(0.5), math.log(0.5)]
+    assert span_scores([(0, len(text))], spans, logprobs, text) == [0.5]
+
+
 def test_mismatched_inputs_are_a_caller_error():
     with pytest.raises(ValueError, match="2 token spans but 1"):
         span_scores([(0, 1)], [(0, 1), (1, 2)], [0.0])

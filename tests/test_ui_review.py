@@ -1,27 +1,35 @@
-"""The page's overall confidence and review mark, computed from a result's scores."""
+"""The page's review mark, from the confidence and needs_review every result carries; the page's texts."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.ui.review import REVIEW_BELOW, Review, review
+from app.ui.page import review_text
 from app.ui.texts import CHINESE, ENGLISH, LABELS, MESSAGES, language_of, say
 
 
 @pytest.mark.parametrize(
-    ("scores", "expected"),
+    ("result", "expected"),
     [
-        ([], Review(None, True, 0)),  # no box
-        ([0.91], Review(0.91, False, 1)),  # one sure box
-        ([0.4, 0.85], Review(0.85, False, 2)),  # the best box decides
-        ([0.69], Review(0.69, True, 1)),  # just under the bar
-        ([REVIEW_BELOW], Review(REVIEW_BELOW, False, 1)),  # on the bar: fine
-        ([None, None], Review(None, True, 2)),  # boxes without scores cannot be judged
-        ([None, 0.8], Review(0.8, False, 2)),  # unscored boxes are ignored
+        (None, "no box · needs review"),  # nothing shown yet
+        ({"boxes": [], "confidence": None, "needs_review": True}, "no box · needs review"),  # no box
+        ({"boxes": [[0, 0, 9, 9]], "confidence": 0.91, "needs_review": False}, "0.91 · looks right"),  # sure
+        ({"boxes": [[0, 0, 9, 9]], "confidence": 0.69, "needs_review": True}, "0.69 · needs review (under 0.7)"),
+        ({"boxes": [[0, 0, 9, 9]], "confidence": None, "needs_review": True}, "no score · needs review"),  # unscored
     ],
 )
-def test_review(scores, expected):
-    assert review(scores) == expected
+def test_review_text_shows_the_results_own_fields(result, expected):
+    assert review_text(result, ENGLISH, 0.7) == expected
+
+
+def test_review_text_follows_the_result_not_a_recomputation():
+    # the server decided with its own REVIEW_THRESHOLD (0.5 here): the page shows that verdict and bar
+    assert review_text({"boxes": [[0, 0, 9, 9]], "confidence": 0.6, "needs_review": False}, ENGLISH, 0.5) == (
+        "0.60 · looks right"
+    )
+    assert review_text({"boxes": [[0, 0, 9, 9]], "confidence": 0.6, "needs_review": True}, CHINESE, 0.7) == (
+        "0.60 · 需要复核（低于 0.7）"
+    )
 
 
 @pytest.mark.parametrize(

@@ -140,6 +140,7 @@ def test_video_command_writes_one_line_per_sampled_frame_and_an_annotated_mp4(ti
     for line in lines:
         assert line["image_size"] == [160, 120]
         assert len(line["boxes"]) == len(line["labels"]) == len(line["scores"])
+        assert line["needs_review"] is (line["confidence"] is None or line["confidence"] < 0.7)
     with av.open(str(out / "annotated.mp4")) as container:
         decoded = list(container.decode(video=0))
     assert len(decoded) == 6 and (decoded[0].width, decoded[0].height) == (160, 120)

@@ -33,7 +33,7 @@ def build_result(
     mapped = map_answer(parse_answer(text, family, input_wh), family, image_wh, input_wh)
     default_label = phrases[0] if len(phrases) == 1 else UNLABELLED
     if token_prefixes is not None and token_logprobs is not None:
-        scores = span_scores(mapped.box_spans, token_char_spans(token_prefixes), token_logprobs)
+        scores = span_scores(mapped.box_spans, token_char_spans(token_prefixes), token_logprobs, text)
     else:
         scores = [None] * len(mapped.boxes)
     return GroundingResult(

@@ -16,5 +16,7 @@ def image_record(rel_path: str, phrases: Sequence[str], result: dict) -> dict:
         "boxes": result["boxes"],
         "labels": result["labels"],
         "scores": result["scores"],
+        "confidence": result["confidence"],
+        "needs_review": result["needs_review"],
         "text": result["text"],
     }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from app.grounding.confidence import DEFAULT_REVIEW_THRESHOLD, confidence_of, needs_review
+
 
 @dataclass(frozen=True)
 class GroundingResult:
@@ -11,7 +13,9 @@ class GroundingResult:
 
     ``boxes`` are ``[x1, y1, x2, y2]`` integer pixels of the image that was sent (after EXIF
     orientation), with ``labels[i]`` and ``scores[i]`` belonging to ``boxes[i]``. ``scores`` are
-    None where the backend gave no token probabilities.
+    None where the backend gave no token probabilities. ``confidence`` is the best box's score (None
+    without one) and ``needs_review`` says a person should check the result (no box, no score, or a
+    best score under REVIEW_THRESHOLD); ``reviewed`` sets both from the boxes the result holds.
     """
 
     boxes: list[list[int]]
@@ -25,6 +29,8 @@ class GroundingResult:
     model: str
     latency_ms: float
     phrases: list[str] = field(default_factory=list)
+    confidence: float | None = None
+    needs_review: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -33,6 +39,11 @@ class GroundingResult:
     def from_dict(cls, data: dict) -> GroundingResult:
         """A result from its JSON form (``to_dict``, or a REST answer); fields it does not know are ignored."""
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def reviewed(self, threshold: float = DEFAULT_REVIEW_THRESHOLD) -> GroundingResult:
+        """A copy whose ``confidence`` and ``needs_review`` describe its boxes' scores."""
+        confidence = confidence_of(self.scores)
+        return replace(self, confidence=confidence, needs_review=needs_review(confidence, threshold))
 
     def above(self, score_threshold: float) -> GroundingResult:
         """A copy keeping only boxes whose score is at least ``score_threshold``.

@@ -15,7 +15,10 @@ PROMPT_TEMPLATE_HELP = (
     "Your own prompt around the phrases, holding {targets}, e.g. 'Find {targets}.'; empty: the built-in prompt. "
     "At most MAX_PROMPT_CHARS characters."
 )
-TILING_HELP = "Ground a huge image tile by tile (boxes merged with NMS); default TILING from the settings."
+TILING_HELP = (
+    "true: ground a large image in LARGE_IMAGE_MODE 'tiles' (a tile search, each box confirmed by zooming in); "
+    "false: no tiles ('tiles' becomes 'refine'); absent: the server's LARGE_IMAGE_MODE."
+)
 
 
 def frame_options(

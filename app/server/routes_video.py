@@ -33,6 +33,10 @@ class VideoFrame(BaseModel):
     boxes: list[list[int]] = Field(description="[x1, y1, x2, y2] pixels of the frame.", examples=[[[40, 60, 300, 420]]])
     labels: list[str] = Field(description="labels[i] names boxes[i].", examples=[["the forklift"]])
     scores: list[float | None] = Field(description="scores[i] is the confidence of boxes[i].", examples=[[0.91]])
+    confidence: float | None = Field(description="The best box's score; null without a box.", examples=[0.91])
+    needs_review: bool = Field(
+        description="True without a box, or when the confidence is under REVIEW_THRESHOLD.", examples=[False]
+    )
     text: str = Field(description="The model's raw answer for this frame.")
 
 

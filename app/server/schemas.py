@@ -57,6 +57,14 @@ class GroundingResponse(BaseModel):
     phrases: list[str] = Field(
         description="The phrases asked about, after splitting the prompt.", examples=[["the red car"]]
     )
+    confidence: float | None = Field(
+        description="The best box's score (0..1); null without a box or without scores.", examples=[0.87]
+    )
+    needs_review: bool = Field(
+        description="True when a person should check this result: no box, no score, or a confidence under "
+        "REVIEW_THRESHOLD (0.7 by default).",
+        examples=[False],
+    )
 
 
 class ErrorDetail(BaseModel):

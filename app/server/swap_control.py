@@ -79,8 +79,9 @@ class SwapControl:
         else:
             say("start", f"swap to {plan.model_path}" + (" in place" if plan.in_place else ""))
             outcome = self._swap.run(plan, say)
-        say("result", "swapped" if outcome.ok else "not swapped", final=True, ok=outcome.ok, model=outcome.model, reason=outcome.reason,
-            seconds=round(outcome.seconds, 1), downtime_s=outcome.downtime_s)  # fmt: skip
+        verdict = "swapped" if outcome.ok else "not swapped"
+        fields = {"ok": outcome.ok, "model": outcome.model, "reason": outcome.reason}
+        say("result", verdict, final=True, **fields, seconds=round(outcome.seconds, 1), downtime_s=outcome.downtime_s)
         return outcome
 
     def _plan(self, swap_id: str, request: dict) -> SwapPlan:

@@ -233,5 +233,7 @@ def frame_record(frame: SampledFrame, result: dict) -> dict:
         "boxes": result["boxes"],
         "labels": result["labels"],
         "scores": result["scores"],
+        "confidence": result["confidence"],
+        "needs_review": result["needs_review"],
         "text": result["text"],
     }

@@ -30,7 +30,9 @@ from app.errors import (
 from app.grounding.options import GroundingOptions
 from app.grounding.prompts import clean_template, split_phrases
 from app.grounding.result import GroundingResult
-from app.grounding.tiling import Fit, combine, rescale_result, shift_result, tile_windows
+from app.grounding.tiling import Fit, rescale_result
+from app.grounding.zoom import resolve_mode
+from app.service.large_images import ground_large
 from app.service.metrics import Metrics
 from app.service.pixel_budget import PixelBudget
 from app.service.records import RequestRecord
@@ -343,12 +345,12 @@ class GroundingService:
 
         The decode holds its pixels in the decode budget, then only the fitted image's until the
         answer is in: a huge image is decoded straight to the size the model needs (all of it only
-        when it is tiled).
+        in LARGE_IMAGE_MODE ``tiles``).
         """
         pixels = await self.upload_pixels(data)
         self.check_request_pixels(pixels)
         async with self.pixel_budget.hold(pixels) as held:
-            full = self._tiles(pixels, options)
+            full = self.large_image_mode(pixels, options) == "tiles"
             fit = None if full else self.fit
             picture = await anyio.to_thread.run_sync(decode_upload, data, self.upload_limits, fit)
             del data
@@ -390,23 +392,39 @@ class GroundingService:
     ) -> GroundingResult:
         """Ground ``phrases`` (from ``phrases()``) in a decoded upload through the scheduler; fills ``record``.
 
-        With tiling (the setting or the request) a huge image is also grounded tile by tile and the
-        boxes merged with NMS. Boxes always come back in pixels of the image as sent.
+        A large image is grounded as LARGE_IMAGE_MODE (or the request's ``tiling``) says
+        (``app.service.large_images``). Boxes always come back in pixels of the image as sent.
         """
         record.image_wh = picture.original_wh
-        w, h = picture.image.size
-        if self._tiles(w * h, options) and max(w, h) > self.settings.tile_size:
-            result = await self._ground_tiled(picture.image, phrases, options)
-        else:
-            result = await self.ground_fitted(picture.image, phrases, options)
+        result = await self._ground_image(picture.image, phrases, options, tiles=True)
         if picture.image.size != picture.original_wh:
             result = rescale_result(result, picture.original_wh)
+        result = result.reviewed(self.settings.review_threshold)  # merged boxes: the kept ones decide
         record.boxes = len(result.boxes)
         return result
 
-    def _tiles(self, pixels: int, options: GroundingOptions) -> bool:
-        use_tiling = self.settings.tiling if options.tiling is None else options.tiling
-        return use_tiling and pixels > self.settings.tile_size**2
+    def large_image_mode(self, pixels: int, options: GroundingOptions) -> str:
+        """``off``, ``refine`` or ``tiles`` for an image of ``pixels``: LARGE_IMAGE_MODE (TILING=true, the old
+        setting, means ``tiles``) or the request's ``tiling``; images of at most TILE_SIZE^2 pixels are ``off``."""
+        setting = "tiles" if self.settings.tiling else self.settings.large_image_mode
+        mode = resolve_mode(setting, options.tiling)
+        return mode if pixels > self.settings.tile_size**2 else "off"
+
+    async def _ground_image(
+        self, image: Image.Image, phrases: tuple[str, ...], options: GroundingOptions, tiles: bool
+    ) -> GroundingResult:
+        """One image as held (fitted, or whole for ``tiles``) in its large-image mode; ``tiles`` false lowers
+        ``tiles`` to ``refine`` (video frames are not tiled). Sub-requests share one deadline."""
+        mode = self.large_image_mode(image.width * image.height, options)
+        if mode == "off":
+            return await self.ground_fitted(image, phrases, options)
+        deadline = time.monotonic() + self.settings.request_timeout_s
+
+        async def ground_crop(crop: Image.Image) -> GroundingResult:
+            return await self.ground_fitted(crop, phrases, options, deadline)
+
+        mode = mode if tiles else "refine"
+        return await ground_large(image, phrases, mode, self.settings.tile_size, ground_crop)
 
     @property
     def _chunk(self) -> int:
@@ -414,45 +432,41 @@ class GroundingService:
         return max(1, min(self.settings.max_batch_size, self.settings.max_queue))
 
     async def ground_fitted(
-        self, image: Image.Image, phrases: tuple[str, ...], options: GroundingOptions
+        self, image: Image.Image, phrases: tuple[str, ...], options: GroundingOptions, deadline: float | None = None
     ) -> GroundingResult:
         """``ground_one`` for an image of any size: one larger than ``fit`` allows is downscaled and mapped back."""
         smaller = self.fit.wh(image.size)
         if smaller is None:
-            return await self.ground_one(image, phrases, options)
+            return await self.ground_one(image, phrases, options, deadline)
         resized = await anyio.to_thread.run_sync(image.resize, smaller, Image.Resampling.BICUBIC)
-        return rescale_result(await self.ground_one(resized, phrases, options), image.size)
-
-    async def _ground_tiled(self, image: Image.Image, phrases: tuple[str, ...], options: GroundingOptions):
-        """The whole image, then its tiles, ``MAX_BATCH_SIZE`` at a time; boxes merged with NMS."""
-        from app.engine.nms import nms_keep
-
-        windows = tile_windows(image.size, self.settings.tile_size)
-        placed = [await self.ground_fitted(image, phrases, options)]
-        for start in range(0, len(windows), self._chunk):
-            chunk = windows[start : start + self._chunk]
-            crops = [await anyio.to_thread.run_sync(image.crop, window) for window in chunk]
-            parts = await asyncio.gather(*(self.ground_fitted(crop, phrases, options) for crop in crops))
-            placed += [shift_result(r, w, image.size) for r, w in zip(parts, chunk, strict=True)]
-        boxes = [b for r in placed for b in r.boxes]
-        keep = nms_keep(boxes, [s for r in placed for s in r.scores], [label for r in placed for label in r.labels])
-        return combine(placed, keep, image.size)
+        return rescale_result(await self.ground_one(resized, phrases, options, deadline), image.size)
 
     async def ground_many(
         self, images: list[Image.Image], phrases: tuple[str, ...], options: GroundingOptions
     ) -> list[GroundingResult | BaseException]:
-        """Ground each image, ``MAX_BATCH_SIZE`` at a time (one caller never fills the queue); errors per item."""
+        """Ground each image, ``MAX_BATCH_SIZE`` at a time (one caller never fills the queue); errors per item.
+
+        A large image is refined as LARGE_IMAGE_MODE says, but never tiled."""
         outcomes: list[GroundingResult | BaseException] = []
         for start in range(0, len(images), self._chunk):
             chunk = images[start : start + self._chunk]
             outcomes += await asyncio.gather(
-                *(self.ground_fitted(image, phrases, options) for image in chunk), return_exceptions=True
+                *(self._ground_image(image, phrases, options, tiles=False) for image in chunk),
+                return_exceptions=True,
             )
         return outcomes
 
-    async def ground_one(self, image: Image.Image, phrases: tuple[str, ...], options: GroundingOptions):
-        """One request through the batching scheduler: 503 busy at once when the queue is full, 504 on timeout."""
+    async def ground_one(
+        self, image: Image.Image, phrases: tuple[str, ...], options: GroundingOptions, deadline: float | None = None
+    ):
+        """One request through the batching scheduler: 503 busy at once when the queue is full, 504 on timeout
+        (REQUEST_TIMEOUT_S, or what is left until ``deadline``, a ``time.monotonic()`` shared by sub-requests)."""
         serving = self._require_serving()
+        timeout_s = self.settings.request_timeout_s
+        if deadline is not None:
+            timeout_s = min(timeout_s, deadline - time.monotonic())
+            if timeout_s <= 0:
+                raise RequestTimeout(f"no answer within REQUEST_TIMEOUT_S={self.settings.request_timeout_s:g} s")
         request = GroundingRequest(
             image, phrases, max_new_tokens=options.max_new_tokens, prompt_template=options.prompt_template
         )
@@ -463,7 +477,7 @@ class GroundingService:
         serving.outstanding += 1
         self.metrics.in_flight.inc()
         try:
-            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout=self.settings.request_timeout_s)
+            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout=timeout_s)
         except asyncio.TimeoutError:  # the builtin TimeoutError on Python >= 3.11
             future.cancel()
             raise RequestTimeout(f"no answer within REQUEST_TIMEOUT_S={self.settings.request_timeout_s:g} s") from None
@@ -472,4 +486,4 @@ class GroundingService:
             serving.outstanding -= 1
             self.metrics.in_flight.dec()
         self._served += 1
-        return result.above(options.score_threshold)
+        return result.above(options.score_threshold).reviewed(self.settings.review_threshold)

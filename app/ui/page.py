@@ -16,6 +16,7 @@ from PIL import Image
 
 from app.demo.examples import write_demo_examples, write_photo_examples
 from app.errors import ChordError, EmptyPrompt, MissingImage
+from app.grounding.confidence import DEFAULT_REVIEW_THRESHOLD
 from app.grounding.drawing import annotate
 from app.grounding.result import GroundingResult
 from app.grounding.tiling import Fit
@@ -24,7 +25,6 @@ from app.service.service import GroundingService
 from app.service.uploads import UploadLimits, decode_upload
 from app.settings import DEMO_MODEL_ALIAS
 from app.ui.media import SCHEDULER_DECIDES, build_batch_tab, build_video_tab
-from app.ui.review import REVIEW_BELOW, review
 from app.ui.texts import ENGLISH, I18N, LANGUAGES, T, boxes_text, label, say
 from app.ui.upload_cache import read_cached_upload
 
@@ -122,15 +122,16 @@ def _message(exc: ChordError, has_phrase: bool, language: str) -> str:
     return exc.message
 
 
-def review_text(result: dict | None, language: str = ENGLISH) -> str:
-    """The overall confidence of a shown result and whether it needs review, in the page's language."""
-    verdict = review((result or {}).get("scores") or [])
-    if not verdict.boxes:
+def review_text(result: dict | None, language: str = ENGLISH, bar: float = DEFAULT_REVIEW_THRESHOLD) -> str:
+    """A shown result's own ``confidence`` and ``needs_review``, in the page's language (``bar``: REVIEW_THRESHOLD)."""
+    result = result or {}
+    if not result.get("boxes"):
         return say("review_none", language)
-    if verdict.confidence is None:
+    confidence = result.get("confidence")
+    if confidence is None:
         return say("review_unscored", language)
-    key = "review_low" if verdict.needs_review else "confident"
-    return say(key, language, score=verdict.confidence, bar=REVIEW_BELOW)
+    key = "review_low" if result.get("needs_review", True) else "confident"
+    return say(key, language, score=confidence, bar=bar)
 
 
 def header_text(service: GroundingService, language: str = ENGLISH) -> str:
@@ -230,7 +231,9 @@ def build_ui(service: GroundingService) -> gr.Blocks:
                                 elem_id="chord-template",
                             )  # fmt: skip
                             tiling = gr.Checkbox(
-                                value=service.settings.tiling, label=T("tiling"), elem_id="chord-tiling"
+                                value=service.settings.tiling or service.settings.large_image_mode == "tiles",
+                                label=T("tiling"),
+                                elem_id="chord-tiling",
                             )
                         examples, examples_label = _examples(service)
                         scenes = gr.Examples(
@@ -274,7 +277,7 @@ def build_ui(service: GroundingService) -> gr.Blocks:
 
         def then_show(event) -> None:
             event.success(
-                lambda h, result, lang: (h, review_text(result, lang)),
+                lambda h, result, lang: (h, review_text(result, lang, service.settings.review_threshold)),
                 inputs=[history, result_json, language],
                 outputs=[gallery, confidence],
                 **hidden,

@@ -41,8 +41,8 @@ LABELS: dict[str, tuple[str, str]] = {
         "留空则使用内置提示。自定义模板须包含 {targets}，例如 'Find {targets}.'",
     ),
     "tiling": (
-        "Large images: also ground tile by tile (small objects in big scans)",
-        "大图：同时分块定位（适合大扫描件中的小物体）",
+        "Large images: also search tile by tile, each box confirmed by zooming in (small objects in big scans)",
+        "大图：同时分块搜索，每个框放大复核（适合大扫描件中的小物体）",
     ),
     "out": ("Image with boxes", "标注结果"),
     "confidence": ("Confidence (the best box's score)", "置信度（最佳框的分数）"),

@@ -148,3 +148,32 @@ def engine_grounder(engine) -> Grounder:
         return [[(tuple(box), label) for box, label in zip(r.boxes, r.labels, strict=True)] for r in results]
 
     return ground
+
+
+def write_case_files(cases: Sequence[SceneCase], folder, groups: bool = False) -> tuple:
+    """The cases as files ``python -m app eval`` reads: ``images/scene-N.png``, ``cases.jsonl`` and the same
+    cases as ``coco.json`` (the phrase as the category). ``groups``: JSONL cases grouped by object count."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines, images, annotations, categories = [], [], [], {}
+    for number, case in enumerate(cases, start=1):
+        name = f"images/scene-{case.index}.png"
+        case.image.save(folder / name)
+        line = {"id": f"scene-{case.index}", "image": name, "phrase": case.phrase, "boxes": [list(case.box)]}
+        lines.append({**line, "group": f"objects={case.n_objects}"} if groups else line)
+        category = categories.setdefault(case.phrase, len(categories) + 1)
+        images.append({"id": number, "file_name": name, "width": case.image.width, "height": case.image.height})
+        x1, y1, x2, y2 = case.box
+        bbox = [x1, y1, x2 - x1, y2 - y1]
+        annotations.append({"id": number, "image_id": number, "category_id": category, "bbox": bbox,
+                            "area": bbox[2] * bbox[3], "iscrowd": 0})  # fmt: skip
+    jsonl = folder / "cases.jsonl"
+    jsonl.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
+    coco = folder / "coco.json"
+    coco_data = {"images": images, "annotations": annotations,
+                 "categories": [{"id": i, "name": name} for name, i in categories.items()]}  # fmt: skip
+    coco.write_text(json.dumps(coco_data, ensure_ascii=False), encoding="utf-8")
+    return jsonl, coco
