@@ -85,6 +85,13 @@ class Settings(BaseSettings):
         description="Requests join the running batch between decoding steps (when the model allows it); "
         "false: each batch runs one generate to its end.",
     )
+    image_cache_mb: int = Field(
+        256,
+        ge=0,
+        le=1_000_000,
+        description="MB for an image's work kept for repeat questions (processor output in the server, the prompt's "
+        "key/values through the image where the model runs, each at most this); 0 = off.",
+    )
     max_queue: int = Field(64, ge=1, le=100_000, description="Requests waiting beyond this are refused with 503.")
     max_upload_bytes: int = Field(20_000_000, ge=1, description="Largest accepted upload, in bytes; larger gets 413.")
     max_image_pixels: int = Field(

@@ -32,6 +32,7 @@ from multiprocessing import shared_memory
 import torch
 import torch.multiprocessing
 
+from app.engine.image_cache import CacheCounts
 from app.engine.progress import ProgressClock, throttled
 from app.errors import ChordError, ModelLoadError, ModelProcessExited
 from app.settings import Settings
@@ -125,6 +126,7 @@ class ModelProcess:
         self._keys = itertools.count()
         self._lost: str | None = None  # why calls fail now
         self._gpu_bytes = 0.0
+        self._cache_counts = CacheCounts()
         self._receiver = threading.Thread(target=self._receive, name="chord-model-receive", daemon=True)
         self._receiver.start()
 
@@ -158,9 +160,16 @@ class ModelProcess:
         generated, logprobs = future.result()
         return generated, logprobs
 
-    def start_ids(self, inputs: dict[str, torch.Tensor], limits, pad_id: int, stop_ids: set[int]) -> list[Future]:
+    def start_ids(
+        self, inputs: dict[str, torch.Tensor], limits, pad_id: int, stop_ids: set[int], image_keys=None
+    ) -> list[Future]:
         """Add these prompts to the child's running batch; a future per row, of ``FinishedRow``."""
-        return self._send("admit", inputs, (list(limits), pad_id, set(stop_ids)), rows=len(limits))
+        keys = None if image_keys is None else list(image_keys)
+        return self._send("admit", inputs, (list(limits), pad_id, set(stop_ids), keys), rows=len(limits))
+
+    def image_cache_counts(self) -> CacheCounts:
+        """The child's image prefix cache counts, as of the last batch it read."""
+        return self._cache_counts
 
     def gpu_memory_allocated(self) -> float:
         """Bytes torch held on the GPU in the model process when it last read a batch (0 before, or on CPU)."""
@@ -216,7 +225,7 @@ class ModelProcess:
             if message[0] == "progress":
                 continue
             if message[0] == "read":
-                self._gpu_bytes = message[1]
+                _, self._gpu_bytes, self._cache_counts = message
                 self._shared_free.release()
             else:  # ("done", key, ok, payload)
                 _, key, ok, payload = message
@@ -263,7 +272,9 @@ def _child_main(connection, settings: Settings) -> None:
     connection.send(("ready", (runner.info, runner.eos_token_ids, runner.continuous_unsupported)))
     runner.on_progress = throttled(lambda: connection.send(("progress",)), PROGRESS_REPORT_S)
     shared = SharedTensors.reader()
-    decoder = ContinuousDecoder(runner.model, set(), 0) if runner.continuous_unsupported is None else None
+    decoder = None
+    if runner.continuous_unsupported is None:
+        decoder = ContinuousDecoder(runner.model, set(), 0, runner.prefixes)
 
     def finished(key, outcome) -> None:
         connection.send(("done", key, not isinstance(outcome, Exception), outcome))
@@ -274,7 +285,7 @@ def _child_main(connection, settings: Settings) -> None:
             outcome = runner.generate_ids(inputs, max_new_tokens)
         except Exception as exc:  # noqa: BLE001 - the batch fails; the scheduler retries its requests alone
             outcome = model_error(exc, inputs["input_ids"].shape[0])
-        connection.send(("read", cuda_memory_allocated()))
+        connection.send(("read", cuda_memory_allocated(), runner.image_cache_counts()))
         finished(key, outcome)
 
     def receive(block: bool) -> list[Group] | None:
@@ -293,12 +304,12 @@ def _child_main(connection, settings: Settings) -> None:
                 generate(layout, arguments, keys[0])
                 block = decoder is None or decoder.size == 0 and not groups
                 continue
-            limits, decoder.pad_id, decoder.stop_ids = arguments
-            groups.append(Group(shared.read(layout), keys, limits))
+            limits, decoder.pad_id, decoder.stop_ids, image_keys = arguments
+            groups.append(Group(shared.read(layout), keys, limits, image_keys))
         return groups
 
     def admitted(group: Group) -> None:
-        connection.send(("read", cuda_memory_allocated()))
+        connection.send(("read", cuda_memory_allocated(), runner.image_cache_counts()))
 
     if decoder is None:  # continuous batching unsupported: the parent sends "generate" only
         while receive(True) is not None:

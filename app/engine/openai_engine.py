@@ -106,6 +106,9 @@ class OpenAIEngine:
     def gpu_memory_allocated(self) -> float:
         return 0.0
 
+    def image_cache_counts(self) -> dict:
+        return {}  # the server behind ENGINE_URL keeps its own caches
+
     def seconds_since_progress(self) -> None:
         """The engine server's progress is its own (it has its own health); its reachability is probed."""
         return None

@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from app.engine.base import GroundingRequest, ModelRunner
+from app.engine.image_cache import CacheCounts, image_key
 from app.engine.local_model import LocalModel, detect_family
 from app.engine.pixels import effective_pixel_range
 from app.errors import ModelLoadError
@@ -42,6 +43,7 @@ class PreparedBatch:
     inputs: BatchFeature
     started: float
     image_whs: list[tuple[int, int]]  # what the processor was given (an extreme strip is padded)
+    image_keys: list[bytes | None]  # each image's key for the image cache (None: the cache is off)
 
 
 def merge_left_padded(parts: Sequence[BatchFeature], pad_id: int) -> BatchFeature:
@@ -69,6 +71,7 @@ class TransformersEngine:
         self._patch_size = int(processor.image_processor.patch_size)
         self._stop_ids = _stop_token_ids(runner.eos_token_ids, processor)
         self.pixel_range = effective_pixel_range(settings, processor.image_processor.size)
+        self._image_cache = settings.image_cache_mb > 0
 
     @property
     def model(self):
@@ -112,6 +115,10 @@ class TransformersEngine:
         """Stop the model's process, if it has one."""
         self.runner.close()
 
+    def image_cache_counts(self) -> dict[str, CacheCounts]:
+        """Hits and misses of the image cache, by stage (``prefix``: the key/values through the image)."""
+        return {"prefix": self.runner.image_cache_counts()}
+
     def gpu_memory_allocated(self) -> float:
         """Bytes torch holds on the model's GPU, wherever the model runs."""
         return self.runner.gpu_memory_allocated()
@@ -125,7 +132,8 @@ class TransformersEngine:
         """Processor work (prompt, resize, patches, padding); runs while another batch generates."""
         started = time.perf_counter()
         images = [_model_image(r.image) for r in requests]
-        return PreparedBatch(self._prepare(requests, images), started, [image.size for image in images])
+        keys = [image_key(image, self.pixel_range) if self._image_cache else None for image in images]
+        return PreparedBatch(self._prepare(requests, images), started, [image.size for image in images], keys)
 
     def merge(self, parts: Sequence[PreparedBatch]) -> PreparedBatch:
         """One batch from parts prepared separately: exactly what preparing them together gives."""
@@ -134,7 +142,8 @@ class TransformersEngine:
         pad_id = self.processor.tokenizer.pad_token_id
         inputs = merge_left_padded([part.inputs for part in parts], pad_id)
         image_whs = [wh for part in parts for wh in part.image_whs]
-        return PreparedBatch(inputs, min(part.started for part in parts), image_whs)
+        keys = [key for part in parts for key in part.image_keys]
+        return PreparedBatch(inputs, min(part.started for part in parts), image_whs, keys)
 
     def generate(self, requests: Sequence[GroundingRequest], prepared: PreparedBatch) -> list[GroundingResult]:
         """One left-padded batched greedy generation; a result per request, in order."""
@@ -158,7 +167,7 @@ class TransformersEngine:
         input_whs = self._input_whs(prepared.inputs["image_grid_thw"])
         limits = [r.max_new_tokens or self.settings.max_new_tokens for r in requests]
         pad_id = self.processor.tokenizer.pad_token_id
-        rows = self.runner.start_ids(dict(prepared.inputs), limits, pad_id, self._stop_ids)
+        rows = self.runner.start_ids(dict(prepared.inputs), limits, pad_id, self._stop_ids, prepared.image_keys)
         results = []
         for index, (request, row) in enumerate(zip(requests, rows, strict=True)):
             result: Future = Future()

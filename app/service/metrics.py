@@ -16,6 +16,10 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from app.engine.image_cache import CacheCounts
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
@@ -121,11 +125,42 @@ class Metrics:
                     registry=self.registry,
                 ).set(total)  # fmt: skip
 
+    def watch_image_cache(self, read_counts: Callable[[], dict[str, CacheCounts]]) -> None:
+        """The image cache's hits, misses and bytes by stage, read from the engine on each scrape."""
+        self.registry.register(_ImageCacheCollector(read_counts))
+
     def observe(self, endpoint: str, status: int, seconds: float, error_code: str | None) -> None:
         self.requests.labels(endpoint, str(status)).inc()
         self.latency.labels(endpoint).observe(seconds)
         if error_code is not None:
             self.errors.labels(error_code).inc()
+
+
+class _ImageCacheCollector(Collector):
+    """Counts kept by the engine (in the model's process too): exported as they are at each scrape."""
+
+    def __init__(self, read_counts: Callable[[], dict[str, CacheCounts]]):
+        self._read_counts = read_counts
+
+    def collect(self):
+        counts = self._read_counts()
+        families = {
+            "hits": CounterMetricFamily(
+                "chord_image_cache_hits", "Lookups that found an image's work cached (IMAGE_CACHE_MB), by stage.",
+                labels=["stage"],
+            ),
+            "misses": CounterMetricFamily(
+                "chord_image_cache_misses", "Lookups that did not find an image's work cached, by stage.",
+                labels=["stage"],
+            ),
+            "bytes": GaugeMetricFamily(
+                "chord_image_cache_bytes", "Bytes the image cache holds now, by stage.", labels=["stage"]
+            ),
+        }  # fmt: skip
+        for stage, count in counts.items():
+            for name, family in families.items():
+                family.add_metric([stage], getattr(count, name))
+        yield from families.values()
 
 
 def _children_rss() -> float:

@@ -124,6 +124,7 @@ class GroundingService:
         if engine.info.device.startswith("cuda"):
             self.metrics.watch_gpu_memory(engine.gpu_memory_allocated)
         self.metrics.watch_model(engine.info.model, engine.seconds_since_progress, lambda: self.stalled_s() is not None)
+        self.metrics.watch_image_cache(engine.image_cache_counts)
         self._scheduler = BatchScheduler(
             engine,
             max_batch_size=self.settings.max_batch_size,
