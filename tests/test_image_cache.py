@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from app.engine.base import GroundingRequest
@@ -83,11 +84,34 @@ def _questions() -> list[list[GroundingRequest]]:
     ]
 
 
+def test_cached_processing_gives_exactly_the_processor_output(tiny_checkpoint):
+    a, b = _pictures(2)
+    grey, wide = b.convert("L"), a.resize((300, 80))
+    batch = [GroundingRequest(image, (phrase,)) for image, phrase in
+             [(a, "the cat"), (grey, "a tree"), (wide, "the red circle"), (a, "the dog on the left")]]  # fmt: skip
+    plain, cached = _engine(tiny_checkpoint, 0), _engine(tiny_checkpoint, 64)
+    try:
+        expected = plain.prepare(batch).inputs
+        for _ in range(2):  # misses (a twice in one batch), then hits
+            inputs = cached.prepare(batch).inputs
+            assert inputs.keys() == expected.keys()
+            for name in expected:
+                assert torch.equal(inputs[name], expected[name]), name
+        counts = cached.image_cache_counts()["processor"]
+    finally:
+        plain.close()
+        cached.close()
+    assert (counts.hits, counts.misses, counts.entries) == (5, 3, 3)
+
+
 @pytest.fixture(scope="module")
 def uncached(tiny_checkpoint):
     engine = _engine(tiny_checkpoint, 0)
-    yield _answers(engine, _questions())
-    engine.close()
+    try:
+        assert engine.image_cache_counts() == {}
+        yield _answers(engine, _questions())
+    finally:
+        engine.close()
 
 
 def test_cached_answers_are_token_for_token_the_uncached_ones(tiny_checkpoint, uncached):

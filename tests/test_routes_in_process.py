@@ -195,7 +195,8 @@ def test_metrics_count_image_cache_hits_for_a_repeat_question(client):
     Image.effect_noise((200, 150), 64).convert("RGB").save(picture, format="PNG")  # an image no other test sends
     before = scrape()
     for prompt in ("the red square", "a blue circle"):
-        response = client.post("/api/ground", files={"image": ("noise.png", picture.getvalue())}, data={"prompt": prompt})
+        files = {"image": ("noise.png", picture.getvalue())}
+        response = client.post("/api/ground", files=files, data={"prompt": prompt})
         assert response.status_code == 200, response.text
     after = scrape()
     assert (after[hits] - before[hits], after[misses] - before[misses]) == (1, 1)
