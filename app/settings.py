@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     attn_impl: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
         "auto", description="Attention kernel; auto is flash_attention_2 when flash_attn imports on CUDA, else sdpa."
     )
+    quantization: Literal["none", "int8", "int4"] = Field(
+        "none",
+        description="Weights in 8 or 4 bits (bitsandbytes; the vision tower and output head stay at DTYPE); "
+        "none = DTYPE throughout.",
+    )
     model_process: bool = Field(
         True,
         description="Run the model in its own process (its own interpreter lock) so HTTP work never stalls it.",

@@ -36,6 +36,7 @@ class EngineInfo:
     dtype: str
     attn_impl: str
     backend: str
+    quantization: str = "none"  # QUANTIZATION: none, int8 or int4 weights
 
     def to_dict(self) -> dict:
         return {
@@ -45,6 +46,7 @@ class EngineInfo:
             "dtype": self.dtype,
             "attn_impl": self.attn_impl,
             "backend": self.backend,
+            "quantization": self.quantization,
         }
 
 

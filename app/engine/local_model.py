@@ -22,6 +22,7 @@ from app.engine.image_cache import CacheCounts
 from app.engine.patch_embedding import use_linear_patch_embedding
 from app.engine.prefix_cache import PrefixCache
 from app.engine.progress import ProgressClock
+from app.engine.quantization import quantization_config
 from app.engine.runtime import (
     configure_cpu_threads,
     cuda_memory_allocated,
@@ -146,6 +147,7 @@ class LocalModel:
         dtype = resolve_dtype(settings.dtype, device)
         attn_impl = resolve_attn_impl(settings.attn_impl, device)
         threads = configure_cpu_threads(settings.torch_threads)
+        quantization = quantization_config(settings.quantization, device, dtype, offload=bool(settings.max_memory))
         started = time.perf_counter()
         try:
             model = AutoModelForImageTextToText.from_pretrained(
@@ -153,8 +155,13 @@ class LocalModel:
                 dtype=dtype,
                 attn_implementation=attn_impl,
                 low_cpu_mem_usage=True,
+                quantization_config=quantization,
                 **_placement(device, settings.max_memory),
             )
+        except (ImportError, RuntimeError) as exc:  # what bitsandbytes raises when it cannot run here
+            if quantization is None:
+                raise
+            raise ModelLoadError(f"QUANTIZATION={settings.quantization} could not load here: {exc}") from exc
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load the model at MODEL_PATH={path!r}: {exc}") from exc
         model.eval()
@@ -166,11 +173,12 @@ class LocalModel:
             dtype=dtype_name(dtype),
             attn_impl=attn_impl,
             backend="transformers",
+            quantization=settings.quantization,
         )
         logger.info(
-            "loaded %s (%s) on %s, dtype %s, attention %s, %d CPU threads, in %.1f s",
-            info.model, family.display_name, info.device, info.dtype, attn_impl, threads,
-            time.perf_counter() - started,
+            "loaded %s (%s) on %s, dtype %s, quantization %s, attention %s, %d CPU threads, %.1f MB, in %.1f s",
+            info.model, family.display_name, info.device, info.dtype, info.quantization, attn_impl, threads,
+            model.get_memory_footprint() / 1e6, time.perf_counter() - started,
         )  # fmt: skip
         return cls(model, info, settings.image_cache_mb * 2**20)
 

@@ -63,6 +63,7 @@ class OpenAIEngine:
             dtype="remote",
             attn_impl="remote",
             backend="openai",
+            quantization="remote",
         )
         headers = {"Authorization": f"Bearer {settings.engine_api_key}"} if settings.engine_api_key else {}
         self._client = httpx.Client(

@@ -192,7 +192,8 @@ class GroundingService:
         """One line for people: what is serving, or what is happening instead."""
         if self._engine is not None:
             info = self._engine.info
-            return f"{info.model} ({info.family.display_name}) on {info.device}, {info.dtype}"
+            weights = "" if info.quantization == "none" else f", {info.quantization} weights"
+            return f"{info.model} ({info.family.display_name}) on {info.device}, {info.dtype}{weights}"
         if self._load_error is not None:
             return f"the model could not be loaded: {self._load_error.message}"
         return f"loading {self.settings.model_path} on {self.settings.device} ..."
