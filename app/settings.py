@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         description="Weights in 8 or 4 bits (bitsandbytes; the vision tower and output head stay at DTYPE); "
         "none = DTYPE throughout.",
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile the language model (dynamic shapes); slower to start, see docs/benchmarks.md.",
+    )
     model_process: bool = Field(
         True,
         description="Run the model in its own process (its own interpreter lock) so HTTP work never stalls it.",

@@ -166,6 +166,8 @@ class LocalModel:
             raise ModelLoadError(f"could not load the model at MODEL_PATH={path!r}: {exc}") from exc
         model.eval()
         use_linear_patch_embedding(model)
+        if settings.compile:  # in place; compiled on the first forward pass, recompiled for new shapes
+            model.model.language_model.compile(dynamic=True)
         info = EngineInfo(
             model=_model_name(path),
             family=family,
@@ -176,9 +178,9 @@ class LocalModel:
             quantization=settings.quantization,
         )
         logger.info(
-            "loaded %s (%s) on %s, dtype %s, quantization %s, attention %s, %d CPU threads, %.1f MB, in %.1f s",
-            info.model, family.display_name, info.device, info.dtype, info.quantization, attn_impl, threads,
-            model.get_memory_footprint() / 1e6, time.perf_counter() - started,
+            "loaded %s (%s) on %s, dtype %s, quantization %s, attention %s, compile %s, %d CPU threads, %.1f MB, "
+            "in %.1f s", info.model, family.display_name, info.device, info.dtype, info.quantization, attn_impl,
+            settings.compile, threads, model.get_memory_footprint() / 1e6, time.perf_counter() - started,
         )  # fmt: skip
         return cls(model, info, settings.image_cache_mb * 2**20)
 
