@@ -125,28 +125,12 @@ class ContinuousDecoder:
         """
         if self.prefixes is None or image_keys is None or not any(image_keys):
             return self._admit_full(inputs, keys, limits, {})
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        if inputs.get("image_grid_thw") is None or len(inputs["image_grid_thw"]) != len(ids):
-            return self._admit_full(inputs, keys, limits, {})  # one image per prompt, or no cache
-        full, hits, to_store = [], [], {}
-        for row, image_key in enumerate(image_keys):
-            real = ids[row][mask[row].bool()]
-            length = self.prefixes.prefix_length(real)
-            if image_key is None or length == 0:
-                full.append(row)
-                continue
-            prefix_key = self.prefixes.key(image_key, real[:length])
-            prefix = self.prefixes.lookup(prefix_key)
-            if prefix is None:
-                to_store[len(full)] = (prefix_key, length)
-                full.append(row)
-            else:
-                hits.append((row, real, prefix))
+        plan = self.prefixes.plan(inputs, image_keys)
         finished = []
-        if full:
-            part = inputs if len(full) == len(ids) else select_rows(inputs, full)
-            finished += self._admit_full(part, [keys[r] for r in full], [limits[r] for r in full], to_store)
-        for row, real, prefix in hits:
+        if plan.full:
+            part = inputs if len(plan.full) == len(keys) else select_rows(inputs, plan.full)
+            finished += self._admit_full(part, [keys[r] for r in plan.full], [limits[r] for r in plan.full], plan.store)
+        for row, real, prefix in plan.hits:
             finished += self._admit_prefixed(real, prefix, keys[row], limits[row])
         return finished
 

@@ -14,7 +14,7 @@ Keys and values live where the model runs (GPU memory on a GPU); ``ByteLru`` bou
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import DynamicCache
@@ -34,6 +34,16 @@ class Prefix:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+@dataclass
+class AdmissionPlan:
+    """How a group of prompts joins: rows prefilled in full (keeping the prefixes ``store`` names, by
+    index among ``full``: prefix key and length), and rows whose image prefix is cached."""
+
+    full: list[int] = field(default_factory=list)
+    store: dict[int, tuple[bytes, int]] = field(default_factory=dict)
+    hits: list[tuple[int, torch.Tensor, Prefix]] = field(default_factory=list)  # row, its real ids, prefix
 
 
 class PrefixCache:
@@ -59,6 +69,26 @@ class PrefixCache:
 
     def lookup(self, key: bytes) -> Prefix | None:
         return self._store.get(key)
+
+    def plan(self, inputs: dict[str, torch.Tensor], image_keys) -> AdmissionPlan:
+        """Look up each row's prefix (rows with an image key); a batch not of one image per row runs in full."""
+        ids, mask, grid = inputs["input_ids"], inputs["attention_mask"], inputs.get("image_grid_thw")
+        plan = AdmissionPlan()
+        if grid is None or len(grid) != len(ids):
+            plan.full = list(range(len(ids)))
+            return plan
+        for row, image_key in enumerate(image_keys):
+            real = ids[row][mask[row].bool()]
+            length = self.prefix_length(real)
+            prefix_key = self.key(image_key, real[:length]) if image_key is not None and length else None
+            prefix = self.lookup(prefix_key) if prefix_key is not None else None
+            if prefix is not None:
+                plan.hits.append((row, real, prefix))
+                continue
+            if prefix_key is not None:
+                plan.store[len(plan.full)] = (prefix_key, length)
+            plan.full.append(row)
+        return plan
 
     def store(self, key: bytes, cache: DynamicCache, row: int, start: int, length: int, rope_delta: int) -> None:
         """Keep ``length`` columns from ``start`` of batch row ``row`` of ``cache`` (copies, not views)."""
