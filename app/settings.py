@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     )
     compile: bool = Field(
         False,
-        description="torch.compile the language model (dynamic shapes); slower to start, see docs/benchmarks.md.",
+        description="torch.compile the language model (dynamic shapes); minutes of compiling at start and per new "
+        "batch shape, see docs/benchmarks.md.",
     )
     model_process: bool = Field(
         True,
