@@ -223,6 +223,7 @@ def main() -> int:
         action="store_true",
         help="also: eight questions about one image vs eight images, image cache off and on",
     )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the language model, as COMPILE=true")
     parser.add_argument("--out", default="bench_gpu.json")
     args = parser.parse_args()
     device = "cuda" if cuda else "cpu"
