@@ -121,12 +121,12 @@ class ModelProcess:
         self._exit_on_loss = exit_on_loss
         self._shared = SharedTensors()
         self._shared_free = threading.Semaphore(1)
+        self._cache_counts = CacheCounts()  # the child's image prefix cache, as of its last answer
         self._send_lock = threading.Lock()
         self._pending: dict[object, Future] = {}
         self._keys = itertools.count()
         self._lost: str | None = None  # why calls fail now
         self._gpu_bytes = 0.0
-        self._cache_counts = CacheCounts()
         self._receiver = threading.Thread(target=self._receive, name="chord-model-receive", daemon=True)
         self._receiver.start()
 
@@ -168,7 +168,7 @@ class ModelProcess:
         return self._send("admit", inputs, (list(limits), pad_id, set(stop_ids), keys), rows=len(limits))
 
     def image_cache_counts(self) -> CacheCounts:
-        """The child's image prefix cache counts, as of the last batch it read."""
+        """The child's image prefix cache counts, as of its last answer."""
         return self._cache_counts
 
     def gpu_memory_allocated(self) -> float:
@@ -224,8 +224,11 @@ class ModelProcess:
             self.progress.tick()
             if message[0] == "progress":
                 continue
+            if message[0] == "cache":
+                self._cache_counts = message[1]
+                continue
             if message[0] == "read":
-                _, self._gpu_bytes, self._cache_counts = message
+                self._gpu_bytes = message[1]
                 self._shared_free.release()
             else:  # ("done", key, ok, payload)
                 _, key, ok, payload = message
@@ -277,6 +280,8 @@ def _child_main(connection, settings: Settings) -> None:
         decoder = ContinuousDecoder(runner.model, set(), 0, runner.prefixes)
 
     def finished(key, outcome) -> None:
+        if runner.prefixes is not None:
+            connection.send(("cache", runner.image_cache_counts()))
         connection.send(("done", key, not isinstance(outcome, Exception), outcome))
 
     def generate(layout, max_new_tokens: int, key) -> None:
@@ -285,7 +290,7 @@ def _child_main(connection, settings: Settings) -> None:
             outcome = runner.generate_ids(inputs, max_new_tokens)
         except Exception as exc:  # noqa: BLE001 - the batch fails; the scheduler retries its requests alone
             outcome = model_error(exc, inputs["input_ids"].shape[0])
-        connection.send(("read", cuda_memory_allocated(), runner.image_cache_counts()))
+        connection.send(("read", cuda_memory_allocated()))
         finished(key, outcome)
 
     def receive(block: bool) -> list[Group] | None:
@@ -309,7 +314,7 @@ def _child_main(connection, settings: Settings) -> None:
         return groups
 
     def admitted(group: Group) -> None:
-        connection.send(("read", cuda_memory_allocated(), runner.image_cache_counts()))
+        connection.send(("read", cuda_memory_allocated()))
 
     if decoder is None:  # continuous batching unsupported: the parent sends "generate" only
         while receive(True) is not None:

@@ -119,13 +119,6 @@ class TransformersEngine:
         """Stop the model's process, if it has one."""
         self.runner.close()
 
-    def image_cache_counts(self) -> dict[str, CacheCounts]:
-        """Hits and misses of the image cache by stage: ``processor`` (its output, here) and ``prefix`` (the
-        key/values through the image, where the model runs; with continuous batching); empty when it is off."""
-        if self._processing is None:
-            return {}
-        return {"processor": self._processing.counts(), "prefix": self.runner.image_cache_counts()}
-
     def gpu_memory_allocated(self) -> float:
         """Bytes torch holds on the model's GPU, wherever the model runs."""
         return self.runner.gpu_memory_allocated()
@@ -164,6 +157,13 @@ class TransformersEngine:
                          limits[row], latency_ms)
             for row, request in enumerate(requests)
         ]  # fmt: skip
+
+    def image_cache_counts(self) -> dict[str, CacheCounts]:
+        """Hits and misses of the image cache by stage: ``processor`` (its output, here) and ``prefix`` (the
+        key/values through the image, where the model runs; with continuous batching); empty when it is off."""
+        if self._processing is None:
+            return {}
+        return {"processor": self._processing.counts(), "prefix": self.runner.image_cache_counts()}
 
     @property
     def continuous(self) -> bool:
