@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     attn_impl: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
         "auto", description="Attention kernel; auto is flash_attention_2 when flash_attn imports on CUDA, else sdpa."
     )
+    quantization: Literal["none", "int8", "int4"] = Field(
+        "none",
+        description="Weights in 8 or 4 bits (bitsandbytes; the vision tower and output head stay at DTYPE); "
+        "none = DTYPE throughout.",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the language model (dynamic shapes); minutes of compiling at start and per new "
+        "batch shape, see docs/benchmarks.md.",
+    )
     model_process: bool = Field(
         True,
         description="Run the model in its own process (its own interpreter lock) so HTTP work never stalls it.",
@@ -84,6 +94,13 @@ class Settings(BaseSettings):
         True,
         description="Requests join the running batch between decoding steps (when the model allows it); "
         "false: each batch runs one generate to its end.",
+    )
+    image_cache_mb: int = Field(
+        256,
+        ge=0,
+        le=1_000_000,
+        description="MB for an image's work kept for repeat questions (processor output in the server, the prompt's "
+        "key/values through the image where the model runs, each at most this); 0 = off.",
     )
     max_queue: int = Field(64, ge=1, le=100_000, description="Requests waiting beyond this are refused with 503.")
     max_upload_bytes: int = Field(20_000_000, ge=1, description="Largest accepted upload, in bytes; larger gets 413.")

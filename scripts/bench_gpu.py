@@ -2,19 +2,26 @@
 
     python scripts/bench_gpu.py                          # CUDA: 7b and 3b; CPU: the tiny shape
     python scripts/bench_gpu.py --shape 7b --dtypes bfloat16,float16 --attn sdpa,flash_attention_2
+    python scripts/bench_gpu.py --shape 7b --dtypes bfloat16 --quantization none,int8,int4 --image-cache
 
 For a 1024x768 image (999 visual tokens at the default resize) and a fixed number of generated
 tokens (EOS ignored) it measures prefill time, decode ms/token and end-to-end latency at batch 1,
 and throughput at several concurrencies through Chord's own batching scheduler. It prints the
 bandwidth floor (weight bytes / measured device-to-device copy bandwidth) and the ratio of decode
-ms/token to it. Shapes: config/model_shapes/*.json. Writes a JSON report to --out.
+ms/token to it (weights: ``get_memory_footprint``, so int8/int4 have lower floors). int8/int4 save
+the random model once and load it with bitsandbytes as ``QUANTIZATION`` does. ``--image-cache``
+adds the ratio of eight questions about eight images to eight about one, image cache off and on.
+Shapes: config/model_shapes/*.json. Writes a JSON report to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import shutil
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,6 +51,7 @@ from app.engine.tiny_checkpoint import (  # noqa: E402
     build_tokenizer,
 )
 from app.engine.transformers_engine import TransformersEngine  # noqa: E402
+from app.errors import ChordError  # noqa: E402
 from app.grounding.families import Family  # noqa: E402
 from app.service.scheduler import BatchScheduler  # noqa: E402
 from app.settings import load_settings  # noqa: E402
@@ -63,21 +71,44 @@ def shape_config(name: str, tokenizer):
     return assemble_config(tokenizer, text_config, vision, tie_word_embeddings=tied)
 
 
-def build_engine(shape: str, dtype: torch.dtype, attn: str, device: str, tokens: int) -> TransformersEngine:
+def build_model(shape: str, dtype: torch.dtype, attn: str, device: str, quantization: str, folder: Path):
+    """Random weights of ``shape``; int8/int4 are saved to ``folder`` and loaded as LocalModel.load does."""
     tokenizer = build_tokenizer()
     config = shape_config(shape, tokenizer)
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation=attn)
+    # No EOS: every request generates exactly the tokens asked for.
+    model.generation_config = GenerationConfig(eos_token_id=None, pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    if quantization != "none":  # bitsandbytes quantizes while loading: the real path, from a saved checkpoint
+        path = folder / f"random-{shape}"
+        if not (path / "config.json").exists():
+            model.save_pretrained(path)
+            build_processor(tokenizer, QWEN_PIXELS).save_pretrained(path)
+        del model
+        settings = load_settings(model_path=str(path), device=device, dtype=dtype_name(dtype), attn_impl=attn,
+                                 quantization=quantization)  # fmt: skip
+        model = LocalModel.load(settings).model
+        model.generation_config = GenerationConfig(
+            eos_token_id=None, pad_token_id=tokenizer.pad_token_id, do_sample=False
+        )
     model.eval()
     use_linear_patch_embedding(model)  # as LocalModel.load serves it
-    # No EOS: every request generates exactly `tokens` tokens.
-    model.generation_config = GenerationConfig(eos_token_id=None, pad_token_id=tokenizer.pad_token_id, do_sample=False)
-    processor = build_processor(tokenizer, QWEN_PIXELS)
+    return model
+
+
+def build_engine(model, shape: str, quantization: str, tokens: int, cache_mb: int) -> TransformersEngine:
+    """An engine around ``model`` (engines share it), with the image cache (IMAGE_CACHE_MB) on or off."""
+    processor = build_processor(build_tokenizer(), QWEN_PIXELS)
     processor.tokenizer.padding_side = "left"
-    settings = load_settings(model_path=f"random-{shape}", device=device, max_new_tokens=tokens, max_batch_size=32)
-    info = EngineInfo(f"random-{shape}", Family.QWEN2_5_VL, device, dtype_name(dtype), attn, "transformers")
-    return TransformersEngine(LocalModel(model, info), processor, Family.QWEN2_5_VL, settings)
+    device = "cuda" if model.device.type == "cuda" else "cpu"
+    settings = load_settings(model_path=f"random-{shape}", device=device, max_new_tokens=tokens, max_batch_size=32,
+                             image_cache_mb=cache_mb)  # fmt: skip
+    attn = model.config._attn_implementation
+    info = EngineInfo(f"random-{shape}", Family.QWEN2_5_VL, device, dtype_name(model.dtype), attn, "transformers",
+                      quantization)  # fmt: skip
+    runner = LocalModel(model, info, cache_mb * 2**20)
+    return TransformersEngine(runner, processor, Family.QWEN2_5_VL, settings)
 
 
 def sync(device: str) -> None:
@@ -159,6 +190,25 @@ def bench(engine: TransformersEngine, image: Image.Image, tokens: int, concurren
     }
 
 
+def repeat_questions(engine: TransformersEngine, image_wh: tuple[int, int], rounds: int = 2) -> float:
+    """Seconds of eight questions about eight images over eight about one (one client; new images each round)."""
+    rng = np.random.default_rng(1)
+    scheduler = BatchScheduler(engine, max_batch_size=8, max_batch_wait_ms=0, max_queue=64)
+    phrases = [f"the object number {i}" for i in range(8)]
+    seconds = {"one": 0.0, "eight": 0.0}
+    try:
+        for _ in range(rounds):
+            pictures = [Image.fromarray(rng.integers(0, 256, (*image_wh[::-1], 3), dtype=np.uint8)) for _ in range(9)]
+            for case, images in (("one", pictures[:1] * 8), ("eight", pictures[1:])):
+                started = time.perf_counter()
+                for image, phrase in zip(images, phrases, strict=True):
+                    scheduler.ground(GroundingRequest(image, (phrase,)))
+                seconds[case] += time.perf_counter() - started
+    finally:
+        scheduler.stop()
+    return round(seconds["eight"] / seconds["one"], 2)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cuda = torch.cuda.is_available()
@@ -167,6 +217,13 @@ def main() -> int:
     parser.add_argument("--attn", default="sdpa", help="comma list of sdpa, flash_attention_2, eager")
     parser.add_argument("--tokens", type=int, default=40, help="generated tokens per request (EOS ignored)")
     parser.add_argument("--concurrency", default="1,8,32" if cuda else "1,4")
+    parser.add_argument("--quantization", default="none", help="comma list of none, int8, int4 (bitsandbytes)")
+    parser.add_argument(
+        "--image-cache",
+        action="store_true",
+        help="also: eight questions about one image vs eight images, image cache off and on",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the language model, as COMPILE=true")
     parser.add_argument("--out", default="bench_gpu.json")
     args = parser.parse_args()
     device = "cuda" if cuda else "cpu"
@@ -181,30 +238,48 @@ def main() -> int:
         "runs": [],
     }
     print(f"device {report['device']}, device-to-device copy bandwidth {report['copy_bandwidth_GBps']} GB/s")
-    for shape in args.shape.split(","):
-        for dtype_text in args.dtypes.split(","):
-            for attn in args.attn.split(","):
-                try:
-                    engine = build_engine(shape, getattr(torch, dtype_text), attn, device, args.tokens)
-                except (ImportError, ValueError) as exc:
-                    print(f"{shape} {dtype_text} {attn}: skipped ({exc})")
-                    continue
-                weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
-                floor_ms = weight_bytes / bandwidth * 1000
-                result = bench(engine, image, args.tokens, concurrencies, device)
-                result.update(shape=shape, dtype=dtype_text, attn=attn, weight_GB=round(weight_bytes / 1e9, 2))
-                result["bandwidth_floor_ms_per_token"] = round(floor_ms, 3)
-                result["decode_over_floor"] = round(result["decode_ms_per_token"] / floor_ms, 2)
-                report["runs"].append(result)
-                print(
-                    f"{shape:>4} {dtype_text:>8} {attn:>17}: {result['visual_tokens']} visual tokens, "
-                    f"prefill {result['prefill_ms']} ms, decode {result['decode_ms_per_token']} ms/token "
-                    f"(floor {floor_ms:.2f} ms, {result['decode_over_floor']}x), batch-1 end to end "
-                    f"{result['e2e_batch1_ms']} ms, req/s by concurrency {result['req_per_s']}"
-                )
-                del engine
-                if cuda:
-                    torch.cuda.empty_cache()
+    folder = Path(tempfile.mkdtemp(prefix="chord-bench-gpu-"))
+    try:
+        for shape, dtype_text, attn, quantization in itertools.product(
+            args.shape.split(","), args.dtypes.split(","), args.attn.split(","), args.quantization.split(",")
+        ):
+            name = f"{shape:>4} {dtype_text:>8} {attn:>17} {quantization:>4}"
+            try:
+                model = build_model(shape, getattr(torch, dtype_text), attn, device, quantization, folder)
+            except (ImportError, ValueError, ChordError) as exc:
+                print(f"{name}: skipped ({exc})")
+                continue
+            if args.compile:  # as LocalModel.load does with COMPILE=true
+                model.model.language_model.compile(dynamic=True)
+                name += " compiled"
+            engine = build_engine(model, shape, quantization, args.tokens, cache_mb=0)
+            weight_bytes = model.get_memory_footprint()
+            floor_ms = weight_bytes / bandwidth * 1000
+            result = bench(engine, image, args.tokens, concurrencies, device)
+            result.update(shape=shape, dtype=dtype_text, attn=attn, quantization=quantization, compile=args.compile,
+                          weight_GB=round(weight_bytes / 1e9, 3))  # fmt: skip
+            result["bandwidth_floor_ms_per_token"] = round(floor_ms, 3)
+            result["decode_over_floor"] = round(result["decode_ms_per_token"] / floor_ms, 2)
+            line = (f"{name}: {result['visual_tokens']} visual tokens, weights {result['weight_GB']} GB, prefill "
+                    f"{result['prefill_ms']} ms, decode {result['decode_ms_per_token']} ms/token (floor "
+                    f"{floor_ms:.2f} ms, {result['decode_over_floor']}x), batch-1 end to end "
+                    f"{result['e2e_batch1_ms']} ms, req/s by concurrency {result['req_per_s']}")  # fmt: skip
+            if args.image_cache:
+                result["repeat_ratio"] = {}
+                for state, cache_mb in (("off", 0), ("on", 1024)):
+                    repeat = build_engine(model, shape, quantization, 16, cache_mb)
+                    result["repeat_ratio"][state] = repeat_questions(repeat, image.size)
+                    repeat.close()
+                ratios = result["repeat_ratio"]
+                line += f", 8 images / 1 image (16 tokens): cache off {ratios['off']}x, on {ratios['on']}x"
+            report["runs"].append(result)
+            print(line)
+            engine.close()
+            del engine, model
+            if cuda:
+                torch.cuda.empty_cache()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")
     return 0

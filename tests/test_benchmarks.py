@@ -47,6 +47,36 @@ def test_bench_gpu_runs_on_cpu_with_the_tiny_shape(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_gpu_loads_int8_through_bitsandbytes_and_compares_the_image_cache(tmp_path):
+    out = tmp_path / "bench_gpu.json"
+    run = subprocess.run(
+        [sys.executable, "scripts/bench_gpu.py", "--tokens", "4", "--concurrency", "1", "--quantization", "int8",
+         "--image-cache", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    (result,) = json.loads(out.read_text())["runs"]
+    assert result["quantization"] == "int8" and result["decode_ms_per_token"] > 0
+    assert set(result["repeat_ratio"]) == {"off", "on"}
+    assert "8 images / 1 image" in run.stdout
+
+
+@pytest.mark.slow
+def test_bench_image_cache_prints_the_ratio_and_the_answers_match(tmp_path):
+    out = tmp_path / "bench_image_cache.json"
+    run = subprocess.run(
+        [sys.executable, "scripts/bench_image_cache.py", "--rounds", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]  # the script fails when an answer differs
+    report = json.loads(out.read_text())
+    assert report["identical_answers"] is True and report["visual_tokens"] == 999
+    # One round: the eight questions about one image miss once and hit seven times, the eight images miss.
+    assert report["counts"]["prefix"]["hits"] == 7
+    assert "ratio (eight images / one image): cache on" in run.stdout
+
+
+@pytest.mark.slow
 @pytest.mark.soak
 def test_bench_load_measures_a_batched_and_a_naive_server(tiny_checkpoint, tmp_path):
     out = tmp_path / "bench_load.json"

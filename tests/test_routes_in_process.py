@@ -188,6 +188,25 @@ def test_metrics_count_answers_and_errors(client):
     assert after["chord_model_ready"] == 1
 
 
+def test_metrics_count_image_cache_hits_for_a_repeat_question(client):
+    hits, misses = 'chord_image_cache_hits_total{stage="prefix"}', 'chord_image_cache_misses_total{stage="prefix"}'
+
+    def scrape() -> dict[str, float]:
+        lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith("chord_image_cache")]
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines}
+
+    picture = io.BytesIO()
+    Image.effect_noise((200, 150), 64).convert("RGB").save(picture, format="PNG")  # an image no other test sends
+    before = scrape()
+    for prompt in ("the red square", "a blue circle"):
+        files = {"image": ("noise.png", picture.getvalue())}
+        response = client.post("/api/ground", files=files, data={"prompt": prompt})
+        assert response.status_code == 200, response.text
+    after = scrape()
+    assert (after[hits] - before[hits], after[misses] - before[misses]) == (1, 1)
+    assert after['chord_image_cache_bytes{stage="prefix"}'] > 0
+
+
 # A representative row per error code of /api/ground; tests/test_error_shape.py has the full table over HTTP.
 @pytest.mark.parametrize(
     ("files", "data", "status", "code"),

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from app.engine.image_cache import CacheCounts
 from app.engine.progress import ProgressClock
 from app.errors import ChordError
 from app.grounding.families import Family
@@ -35,6 +36,7 @@ class EngineInfo:
     dtype: str
     attn_impl: str
     backend: str
+    quantization: str = "none"  # QUANTIZATION: none, int8 or int4 weights
 
     def to_dict(self) -> dict:
         return {
@@ -44,6 +46,7 @@ class EngineInfo:
             "dtype": self.dtype,
             "attn_impl": self.attn_impl,
             "backend": self.backend,
+            "quantization": self.quantization,
         }
 
 
@@ -99,6 +102,10 @@ class Engine(Protocol):
         behind HTTP."""
         ...
 
+    def image_cache_counts(self) -> dict[str, CacheCounts]:
+        """The image cache's counts by stage (IMAGE_CACHE_MB); empty where the engine keeps none."""
+        ...
+
     def seconds_since_progress(self) -> float | None:
         """Seconds since the model last made progress (a step, a prefill); None where it cannot be seen."""
         ...
@@ -121,8 +128,15 @@ class ModelRunner(Protocol):
         """(generated ids [batch, steps], log-probability of each chosen token [batch, steps]), on the CPU."""
         ...
 
-    def start_ids(self, inputs: dict, limits: Sequence[int], pad_id: int, stop_ids: set[int]) -> list[Future]:
-        """Add these prompts to the running batch; a future per row."""
+    def start_ids(
+        self, inputs: dict, limits: Sequence[int], pad_id: int, stop_ids: set[int], image_keys: Sequence | None = None
+    ) -> list[Future]:
+        """Add these prompts to the running batch; a future per row. A row with an image key may reuse (or
+        leave) its image prefix's key/values in the image cache."""
+        ...
+
+    def image_cache_counts(self) -> CacheCounts:
+        """Hits and misses of the image prefix cache where the model runs."""
         ...
 
     def gpu_memory(self) -> dict[str, tuple[float, float]]: ...

@@ -29,6 +29,8 @@ from transformers import GenerationConfig, LogitsProcessorList
 from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
+from app.engine.prefix_cache import Prefix, PrefixCache, select_rows
+
 # Model types whose decoding the tests compare with ``generate`` (tests/test_continuous.py).
 VERIFIED_MODEL_TYPES = frozenset({"qwen2_5_vl"})
 # Logits processors that treat every row alike whatever its length, so rows may join at any step.
@@ -91,8 +93,9 @@ def unsupported_reason(model) -> str | None:
 class ContinuousDecoder:
     """The running batch of one model; ``admit`` and ``step`` are called from one thread."""
 
-    def __init__(self, model, stop_ids: set[int], pad_id: int):
+    def __init__(self, model, stop_ids: set[int], pad_id: int, prefixes: PrefixCache | None = None):
         self.model = model
+        self.prefixes = prefixes  # image prefixes' key/value caches, or None (no image cache)
         self.stop_ids = stop_ids
         self.pad_id = pad_id
         self.processors = greedy_processors(model)
@@ -109,9 +112,30 @@ class ContinuousDecoder:
         return len(self._rows)
 
     def admit(
-        self, inputs: dict[str, torch.Tensor], keys: Sequence[Hashable], limits: Sequence[int]
+        self,
+        inputs: dict[str, torch.Tensor],
+        keys: Sequence[Hashable],
+        limits: Sequence[int],
+        image_keys: Sequence[bytes | None] | None = None,
     ) -> list[FinishedRow]:
-        """Prefill these prompts (a left-padded processor batch) and add them; returns rows already done."""
+        """Prefill these prompts (a left-padded processor batch) and add them; returns rows already done.
+
+        With a prefix cache and an ``image_keys`` entry for a row, a prompt whose image prefix is cached
+        prefills only its own text; the others prefill in full (together) and leave their prefix cached.
+        """
+        if self.prefixes is None or image_keys is None or not any(image_keys):
+            return self._admit_full(inputs, keys, limits, {})
+        plan = self.prefixes.plan(inputs, image_keys)
+        finished = []
+        if plan.full:
+            part = inputs if len(plan.full) == len(keys) else select_rows(inputs, plan.full)
+            finished += self._admit_full(part, [keys[r] for r in plan.full], [limits[r] for r in plan.full], plan.store)
+        for row, real, prefix in plan.hits:
+            finished += self._admit_prefixed(real, prefix, keys[row], limits[row])
+        return finished
+
+    def _admit_full(self, inputs, keys, limits, to_store: dict[int, tuple[bytes, int]]) -> list[FinishedRow]:
+        """Prefill whole prompts in one forward pass; keep the prefixes ``to_store`` names (row: key, length)."""
         device = self.model.device
         inputs = {name: value.to(device) for name, value in inputs.items()}
         with torch.inference_mode():
@@ -122,11 +146,35 @@ class ContinuousDecoder:
             deltas = torch.zeros(len(keys), dtype=torch.long) if deltas is None else deltas.view(-1)
             # Copies: the inputs may be views of a buffer the sender reuses once this returns.
             mask, input_ids = inputs["attention_mask"].clone(), inputs["input_ids"].clone()
+            for row, (prefix_key, length) in to_store.items():
+                start = int((mask[row] == 0).sum())  # left padding
+                self.prefixes.store(prefix_key, output.past_key_values, row, start, length, int(deltas[row]))
             positions = mask.sum(dim=1) + deltas.to(device)
             tokens, logprobs = self._pick(output.logits[:, -1, :], input_ids)
             first = len(self._rows)
             rows = [_Row(key, limit) for key, limit in zip(keys, limits, strict=True)]
             self._join(output.past_key_values, mask, input_ids, positions, tokens, rows)
+            return self._record(first, tokens, logprobs)
+
+    def _admit_prefixed(self, real: torch.Tensor, prefix: Prefix, key: Hashable, limit: int) -> list[FinishedRow]:
+        """Prefill one prompt's text after its cached image prefix, at the positions a full prefill gives it."""
+        device = self.model.device
+        real = real.to(device)[None]
+        total = real.shape[1]
+        with torch.inference_mode():
+            mask = torch.ones(1, total, dtype=torch.long, device=device)
+            output = self.model(
+                input_ids=real[:, prefix.length :],
+                attention_mask=mask,
+                position_ids=torch.arange(prefix.length, total, device=device)[None] + prefix.rope_delta,
+                past_key_values=self.prefixes.cache_from(prefix),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            positions = torch.tensor([total + prefix.rope_delta], device=device)
+            tokens, logprobs = self._pick(output.logits[:, -1, :], real)
+            first = len(self._rows)
+            self._join(output.past_key_values, mask, real, positions, tokens, [_Row(key, limit)])
             return self._record(first, tokens, logprobs)
 
     def step(self) -> list[FinishedRow]:

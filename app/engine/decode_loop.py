@@ -22,11 +22,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Group:
-    """Prompts prepared together (one left-padded processor batch), a key and a token limit per row."""
+    """Prompts prepared together (one left-padded processor batch), a key and a token limit per row, and per
+    row its image's key for the prefix cache (None: not cached)."""
 
     inputs: dict[str, torch.Tensor]
     keys: list[Hashable]
     limits: list[int]
+    image_keys: list[bytes | None] | None = None
 
 
 def run_decode_loop(
@@ -47,7 +49,7 @@ def run_decode_loop(
             return
         for group in groups:
             try:
-                done = decoder.admit(group.inputs, group.keys, group.limits)
+                done = decoder.admit(group.inputs, group.keys, group.limits, group.image_keys)
             except Exception as exc:  # noqa: BLE001 - this group fails; the running rows go on
                 admitted(group)
                 error = model_error(exc, len(group.keys))

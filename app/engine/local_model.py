@@ -18,8 +18,11 @@ from transformers import AutoConfig, AutoModelForImageTextToText, BatchFeature, 
 from app.engine.base import EngineInfo
 from app.engine.continuous import ContinuousDecoder, unsupported_reason
 from app.engine.decode_loop import Group, run_decode_loop
+from app.engine.image_cache import CacheCounts
 from app.engine.patch_embedding import use_linear_patch_embedding
+from app.engine.prefix_cache import PrefixCache
 from app.engine.progress import ProgressClock
+from app.engine.quantization import quantization_config
 from app.engine.runtime import (
     configure_cpu_threads,
     cuda_devices,
@@ -63,12 +66,15 @@ class LocalModel:
     """The model in this process: greedy batched ``generate`` (``generate_ids``), or continuous batching
     on a decoding thread (``start_ids``); both return token ids and their log-probabilities."""
 
-    def __init__(self, model, info: EngineInfo):
+    def __init__(self, model, info: EngineInfo, image_cache_bytes: int = 0):
         self.model = model
         self.info = info
         eos = model.generation_config.eos_token_id
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.continuous_unsupported = unsupported_reason(model)
+        # The image prefixes' key/value caches (IMAGE_CACHE_MB), for continuous batching.
+        cached = image_cache_bytes > 0 and self.continuous_unsupported is None
+        self.prefixes = PrefixCache(model, image_cache_bytes) if cached else None
         self.progress = ProgressClock()
         self._cuda_devices = cuda_devices(model)
         self.on_progress: Callable[[], None] = self.progress.tick  # the model's own process also tells its parent
@@ -77,20 +83,29 @@ class LocalModel:
         self._starting = threading.Lock()
 
     def start_ids(
-        self, inputs: dict[str, torch.Tensor], limits: Sequence[int], pad_id: int, stop_ids: set[int]
+        self,
+        inputs: dict[str, torch.Tensor],
+        limits: Sequence[int],
+        pad_id: int,
+        stop_ids: set[int],
+        image_keys: Sequence[bytes | None] | None = None,
     ) -> list[Future]:
         """Add these prompts to the running batch; a future per row, of ``FinishedRow``."""
         with self._starting:
             if self._decoding is None:
                 self._groups = queue.Queue()
-                decoder = ContinuousDecoder(self.model, stop_ids, pad_id)
+                decoder = ContinuousDecoder(self.model, stop_ids, pad_id, self.prefixes)
                 self._decoding = threading.Thread(
                     target=self._decode, args=(decoder,), name="chord-decode", daemon=True
                 )
                 self._decoding.start()
         futures = [Future() for _ in limits]
-        self._groups.put(Group(inputs, futures, list(limits)))
+        self._groups.put(Group(inputs, futures, list(limits), None if image_keys is None else list(image_keys)))
         return futures
+
+    def image_cache_counts(self) -> CacheCounts:
+        """Hits and misses of the image prefix cache (all zero without one)."""
+        return self.prefixes.counts() if self.prefixes is not None else CacheCounts()
 
     def close(self) -> None:
         """Stop the decoding thread (after the step it is in)."""
@@ -134,6 +149,7 @@ class LocalModel:
         dtype = resolve_dtype(settings.dtype, device)
         attn_impl = resolve_attn_impl(settings.attn_impl, device)
         threads = configure_cpu_threads(settings.torch_threads)
+        quantization = quantization_config(settings.quantization, device, dtype, offload=bool(settings.max_memory))
         started = time.perf_counter()
         try:
             model = AutoModelForImageTextToText.from_pretrained(
@@ -141,12 +157,19 @@ class LocalModel:
                 dtype=dtype,
                 attn_implementation=attn_impl,
                 low_cpu_mem_usage=True,
+                quantization_config=quantization,
                 **_placement(device, settings.max_memory),
             )
+        except (ImportError, RuntimeError) as exc:  # what bitsandbytes raises when it cannot run here
+            if quantization is None:
+                raise
+            raise ModelLoadError(f"QUANTIZATION={settings.quantization} could not load here: {exc}") from exc
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load the model at MODEL_PATH={path!r}: {exc}") from exc
         model.eval()
         use_linear_patch_embedding(model)
+        if settings.compile:  # in place; compiled on the first forward pass, recompiled for new shapes
+            model.model.language_model.compile(dynamic=True)
         info = EngineInfo(
             model=_model_name(path),
             family=family,
@@ -154,13 +177,14 @@ class LocalModel:
             dtype=dtype_name(dtype),
             attn_impl=attn_impl,
             backend="transformers",
+            quantization=settings.quantization,
         )
         logger.info(
-            "loaded %s (%s) on %s, dtype %s, attention %s, %d CPU threads, in %.1f s",
-            info.model, family.display_name, info.device, info.dtype, attn_impl, threads,
-            time.perf_counter() - started,
+            "loaded %s (%s) on %s, dtype %s, quantization %s, attention %s, compile %s, %d CPU threads, %.1f MB, "
+            "in %.1f s", info.model, family.display_name, info.device, info.dtype, info.quantization, attn_impl,
+            settings.compile, threads, model.get_memory_footprint() / 1e6, time.perf_counter() - started,
         )  # fmt: skip
-        return cls(model, info)
+        return cls(model, info, settings.image_cache_mb * 2**20)
 
     def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(generated ids [batch, steps], log-probability of each chosen token [batch, steps]), both on the CPU."""

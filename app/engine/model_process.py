@@ -32,6 +32,7 @@ from multiprocessing import shared_memory
 import torch
 import torch.multiprocessing
 
+from app.engine.image_cache import CacheCounts
 from app.engine.progress import ProgressClock, throttled
 from app.errors import ChordError, ModelLoadError, ModelProcessExited
 from app.settings import Settings
@@ -120,6 +121,7 @@ class ModelProcess:
         self._exit_on_loss = exit_on_loss
         self._shared = SharedTensors()
         self._shared_free = threading.Semaphore(1)
+        self._cache_counts = CacheCounts()  # the child's image prefix cache, as of its last answer
         self._send_lock = threading.Lock()
         self._pending: dict[object, Future] = {}
         self._keys = itertools.count()
@@ -158,9 +160,16 @@ class ModelProcess:
         generated, logprobs = future.result()
         return generated, logprobs
 
-    def start_ids(self, inputs: dict[str, torch.Tensor], limits, pad_id: int, stop_ids: set[int]) -> list[Future]:
+    def start_ids(
+        self, inputs: dict[str, torch.Tensor], limits, pad_id: int, stop_ids: set[int], image_keys=None
+    ) -> list[Future]:
         """Add these prompts to the child's running batch; a future per row, of ``FinishedRow``."""
-        return self._send("admit", inputs, (list(limits), pad_id, set(stop_ids)), rows=len(limits))
+        keys = None if image_keys is None else list(image_keys)
+        return self._send("admit", inputs, (list(limits), pad_id, set(stop_ids), keys), rows=len(limits))
+
+    def image_cache_counts(self) -> CacheCounts:
+        """The child's image prefix cache counts, as of its last answer."""
+        return self._cache_counts
 
     def gpu_memory(self) -> dict[str, tuple[float, float]]:
         """Per CUDA device, bytes torch held and reserved in the model process when it last read a batch (at
@@ -216,6 +225,9 @@ class ModelProcess:
             self.progress.tick()
             if message[0] == "progress":
                 continue
+            if message[0] == "cache":
+                self._cache_counts = message[1]
+                continue
             if message[0] == "read":
                 self._gpu_memory = message[1]
                 self._shared_free.release()
@@ -263,9 +275,13 @@ def _child_main(connection, settings: Settings) -> None:
     connection.send(("ready", (runner.info, runner.eos_token_ids, runner.continuous_unsupported, runner.gpu_memory())))
     runner.on_progress = throttled(lambda: connection.send(("progress",)), PROGRESS_REPORT_S)
     shared = SharedTensors.reader()
-    decoder = ContinuousDecoder(runner.model, set(), 0) if runner.continuous_unsupported is None else None
+    decoder = None
+    if runner.continuous_unsupported is None:
+        decoder = ContinuousDecoder(runner.model, set(), 0, runner.prefixes)
 
     def finished(key, outcome) -> None:
+        if runner.prefixes is not None:
+            connection.send(("cache", runner.image_cache_counts()))
         connection.send(("done", key, not isinstance(outcome, Exception), outcome))
 
     def generate(layout, max_new_tokens: int, key) -> None:
@@ -293,8 +309,8 @@ def _child_main(connection, settings: Settings) -> None:
                 generate(layout, arguments, keys[0])
                 block = decoder is None or decoder.size == 0 and not groups
                 continue
-            limits, decoder.pad_id, decoder.stop_ids = arguments
-            groups.append(Group(shared.read(layout), keys, limits))
+            limits, decoder.pad_id, decoder.stop_ids, image_keys = arguments
+            groups.append(Group(shared.read(layout), keys, limits, image_keys))
         return groups
 
     def admitted(group: Group) -> None:

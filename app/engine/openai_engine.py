@@ -63,6 +63,7 @@ class OpenAIEngine:
             dtype="remote",
             attn_impl="remote",
             backend="openai",
+            quantization="remote",
         )
         headers = {"Authorization": f"Bearer {settings.engine_api_key}"} if settings.engine_api_key else {}
         self._client = httpx.Client(
@@ -106,6 +107,9 @@ class OpenAIEngine:
     def gpu_memory(self) -> dict[str, tuple[float, float]]:
         """The engine server's GPUs are its own (and its own metrics')."""
         return {}
+
+    def image_cache_counts(self) -> dict:
+        return {}  # the server behind ENGINE_URL keeps its own caches
 
     def seconds_since_progress(self) -> None:
         """The engine server's progress is its own (it has its own health); its reachability is probed."""

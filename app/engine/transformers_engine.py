@@ -22,8 +22,10 @@ from transformers import (
 )
 
 from app.engine.base import GroundingRequest, ModelRunner
+from app.engine.image_cache import CacheCounts, image_key
 from app.engine.local_model import LocalModel, detect_family
 from app.engine.pixels import effective_pixel_range
+from app.engine.processor_cache import CachedImageProcessing
 from app.errors import ModelLoadError
 from app.grounding.answers import build_result
 from app.grounding.families import Family
@@ -42,6 +44,7 @@ class PreparedBatch:
     inputs: BatchFeature
     started: float
     image_whs: list[tuple[int, int]]  # what the processor was given (an extreme strip is padded)
+    image_keys: list[bytes | None]  # each image's key for the image cache (None: the cache is off)
 
 
 def merge_left_padded(parts: Sequence[BatchFeature], pad_id: int) -> BatchFeature:
@@ -69,6 +72,10 @@ class TransformersEngine:
         self._patch_size = int(processor.image_processor.patch_size)
         self._stop_ids = _stop_token_ids(runner.eos_token_ids, processor)
         self.pixel_range = effective_pixel_range(settings, processor.image_processor.size)
+        # IMAGE_CACHE_MB: the processor's work per image here, the prompt prefix's key/values where the model runs.
+        self._image_cache = settings.image_cache_mb > 0
+        cache_bytes = settings.image_cache_mb * 2**20
+        self._processing = CachedImageProcessing(processor, cache_bytes) if self._image_cache else None
 
     @property
     def model(self):
@@ -125,7 +132,9 @@ class TransformersEngine:
         """Processor work (prompt, resize, patches, padding); runs while another batch generates."""
         started = time.perf_counter()
         images = [_model_image(r.image) for r in requests]
-        return PreparedBatch(self._prepare(requests, images), started, [image.size for image in images])
+        keys = [image_key(image, self.pixel_range) if self._image_cache else None for image in images]
+        inputs = self._prepare(requests, images, keys)
+        return PreparedBatch(inputs, started, [image.size for image in images], keys)
 
     def merge(self, parts: Sequence[PreparedBatch]) -> PreparedBatch:
         """One batch from parts prepared separately: exactly what preparing them together gives."""
@@ -134,7 +143,8 @@ class TransformersEngine:
         pad_id = self.processor.tokenizer.pad_token_id
         inputs = merge_left_padded([part.inputs for part in parts], pad_id)
         image_whs = [wh for part in parts for wh in part.image_whs]
-        return PreparedBatch(inputs, min(part.started for part in parts), image_whs)
+        keys = [key for part in parts for key in part.image_keys]
+        return PreparedBatch(inputs, min(part.started for part in parts), image_whs, keys)
 
     def generate(self, requests: Sequence[GroundingRequest], prepared: PreparedBatch) -> list[GroundingResult]:
         """One left-padded batched greedy generation; a result per request, in order."""
@@ -148,6 +158,13 @@ class TransformersEngine:
             for row, request in enumerate(requests)
         ]  # fmt: skip
 
+    def image_cache_counts(self) -> dict[str, CacheCounts]:
+        """Hits and misses of the image cache by stage: ``processor`` (its output, here) and ``prefix`` (the
+        key/values through the image, where the model runs; with continuous batching); empty when it is off."""
+        if self._processing is None:
+            return {}
+        return {"processor": self._processing.counts(), "prefix": self.runner.image_cache_counts()}
+
     @property
     def continuous(self) -> bool:
         """Whether ``start`` can add requests to a running batch (continuous batching) for this model."""
@@ -158,7 +175,7 @@ class TransformersEngine:
         input_whs = self._input_whs(prepared.inputs["image_grid_thw"])
         limits = [r.max_new_tokens or self.settings.max_new_tokens for r in requests]
         pad_id = self.processor.tokenizer.pad_token_id
-        rows = self.runner.start_ids(dict(prepared.inputs), limits, pad_id, self._stop_ids)
+        rows = self.runner.start_ids(dict(prepared.inputs), limits, pad_id, self._stop_ids, prepared.image_keys)
         results = []
         for index, (request, row) in enumerate(zip(requests, rows, strict=True)):
             result: Future = Future()
@@ -200,19 +217,22 @@ class TransformersEngine:
             result = crop_result(result, request.image.size)
         return result
 
-    def _prepare(self, requests: Sequence[GroundingRequest], images: list[Image.Image]):
+    def _prepare(self, requests: Sequence[GroundingRequest], images: list[Image.Image], keys: list[bytes | None]):
         texts = []
         for request in requests:
             prompt = grounding_prompt(request.phrases, self.family, request.prompt_template)
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
             texts.append(self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        size = {"shortest_edge": self.pixel_range[0], "longest_edge": self.pixel_range[1]}
+        if self._processing is not None:
+            return self._processing(texts, images, keys, size)
         return self.processor(
             text=texts,
             images=images,
             padding=True,
             return_tensors="pt",
             images_kwargs={
-                "size": {"shortest_edge": self.pixel_range[0], "longest_edge": self.pixel_range[1]},
+                "size": size,
                 "do_convert_rgb": any(image.mode != "RGB" for image in images),  # else a copy of each image
             },
         )

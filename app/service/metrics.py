@@ -16,8 +16,10 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from app.engine.image_cache import CacheCounts
 
 # Per CUDA device ("cuda:0"): (bytes allocated, bytes reserved).
 GpuMemory = dict[str, tuple[float, float]]
@@ -119,6 +121,10 @@ class Metrics:
         self.model_info.labels(model).set(1)
         self._gpu_memory = gpu_memory
 
+    def watch_image_cache(self, read_counts: Callable[[], dict[str, CacheCounts]]) -> None:
+        """The image cache's hits, misses and bytes by stage, read from the engine on each scrape."""
+        self.registry.register(_ImageCacheCollector(read_counts))
+
     def observe(self, endpoint: str, status: int, seconds: float, error_code: str | None) -> None:
         self.requests.labels(endpoint, str(status)).inc()
         self.latency.labels(endpoint).observe(seconds)
@@ -158,6 +164,33 @@ class GpuMemoryCollector(Collector):
 def _index(device: str) -> int:
     """0 for "cuda:0"."""
     return int(device.partition(":")[2] or 0)
+
+
+class _ImageCacheCollector(Collector):
+    """Counts kept by the engine (in the model's process too): exported as they are at each scrape."""
+
+    def __init__(self, read_counts: Callable[[], dict[str, CacheCounts]]):
+        self._read_counts = read_counts
+
+    def collect(self):
+        counts = self._read_counts()
+        families = {
+            "hits": CounterMetricFamily(
+                "chord_image_cache_hits", "Lookups that found an image's work cached (IMAGE_CACHE_MB), by stage.",
+                labels=["stage"],
+            ),
+            "misses": CounterMetricFamily(
+                "chord_image_cache_misses", "Lookups that did not find an image's work cached, by stage.",
+                labels=["stage"],
+            ),
+            "bytes": GaugeMetricFamily(
+                "chord_image_cache_bytes", "Bytes the image cache holds now, by stage.", labels=["stage"]
+            ),
+        }  # fmt: skip
+        for stage, count in counts.items():
+            for name, family in families.items():
+                family.add_metric([stage], getattr(count, name))
+        yield from families.values()
 
 
 def _children_rss() -> float:

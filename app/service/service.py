@@ -110,6 +110,7 @@ class GroundingService:
             settings.decode_budget_pixels, settings.request_timeout_s, self.metrics.decode_pixels.set
         )
         self.metrics.watch_model(self._seconds_since_progress, lambda: self.stalled_s() is not None)
+        self.metrics.watch_image_cache(self._image_cache_counts)
 
     @property
     def _engine(self) -> Engine | None:
@@ -221,6 +222,10 @@ class GroundingService:
         """Ready, the engine reachable (one behind HTTP answered its last check), and the model not stalled."""
         return self.ready and self._engine.reachable and self.stalled_s() is None
 
+    def _image_cache_counts(self) -> dict:
+        engine = self._engine
+        return engine.image_cache_counts() if engine is not None else {}
+
     def _seconds_since_progress(self) -> float | None:
         engine = self._engine
         return engine.seconds_since_progress() if engine is not None else None
@@ -250,7 +255,8 @@ class GroundingService:
         """One line for people: what is serving, or what is happening instead."""
         if self._engine is not None:
             info = self._engine.info
-            return f"{info.model} ({info.family.display_name}) on {info.device}, {info.dtype}"
+            weights = "" if info.quantization == "none" else f", {info.quantization} weights"
+            return f"{info.model} ({info.family.display_name}) on {info.device}, {info.dtype}{weights}"
         if self._load_error is not None:
             return f"the model could not be loaded: {self._load_error.message}"
         return f"loading {self.settings.model_path} on {self.settings.device} ..."
