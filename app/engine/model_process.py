@@ -30,16 +30,16 @@ from concurrent.futures import Future
 from multiprocessing import shared_memory
 
 import torch
-import torch.multiprocessing
+import torch.multiprocessing  # noqa: F401 - its pickling of tensors, for what the child sends back
 
 from app.engine.image_cache import CacheCounts
+from app.engine.model_spawn import SpawnedModel, spawn_model_process
 from app.engine.progress import ProgressClock, throttled
 from app.errors import ChordError, ModelLoadError, ModelProcessExited
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-_SPAWN = torch.multiprocessing.get_context("spawn")
 _STOP_WAIT_S = 10.0
 PROGRESS_REPORT_S = 0.5  # the child tells its parent of decoding steps at most this often
 
@@ -131,12 +131,11 @@ class ModelProcess:
         self._receiver.start()
 
     @classmethod
-    def start(cls, settings: Settings, exit_on_loss: bool = True) -> ModelProcess:
-        """Start the child and wait until its model is loaded; ModelLoadError (with the reason) if it is not."""
-        parent_end, child_end = _SPAWN.Pipe()
-        process = _SPAWN.Process(target=_child_main, args=(child_end, settings), name="chord-model", daemon=True)
-        process.start()
-        child_end.close()
+    def start(cls, settings: Settings, exit_on_loss: bool = True, spawned: SpawnedModel | None = None) -> ModelProcess:
+        """Start the child (or take one ``spawn_model_process`` started) and wait until its model is loaded;
+        ModelLoadError (with the reason) if it is not."""
+        spawned = spawned or spawn_model_process(settings)
+        process, parent_end = spawned.process, spawned.connection
         try:
             kind, payload = parent_end.recv()
         except EOFError:
@@ -255,7 +254,7 @@ class ModelProcess:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _child_main(connection, settings: Settings) -> None:
+def serve_model(connection, settings: Settings) -> None:
     """The child: load the model, say so, then serve ``generate`` and ``admit`` messages until told to stop."""
     from app.engine.continuous import ContinuousDecoder
     from app.engine.decode_loop import Group, model_error, run_decode_loop

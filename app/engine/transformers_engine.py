@@ -24,6 +24,7 @@ from transformers import (
 from app.engine.base import GroundingRequest, ModelRunner
 from app.engine.image_cache import CacheCounts, image_key
 from app.engine.local_model import LocalModel, detect_family
+from app.engine.model_spawn import SpawnedModel
 from app.engine.pixels import effective_pixel_range
 from app.engine.processor_cache import CachedImageProcessing
 from app.errors import ModelLoadError
@@ -83,15 +84,19 @@ class TransformersEngine:
         return self.runner.model
 
     @classmethod
-    def load(cls, settings: Settings, own_process: bool = False) -> TransformersEngine:
-        """The processor here; the model here, or with ``own_process`` in a child process (``MODEL_PROCESS``)."""
+    def load(
+        cls, settings: Settings, own_process: bool = False, spawned: SpawnedModel | None = None
+    ) -> TransformersEngine:
+        """The processor here; the model here, or with ``own_process`` in a child process (``MODEL_PROCESS``),
+        ``spawned`` already when given (``spawn_model_process``, started before this process imported torch)."""
         path = settings.resolved_model_path()
-        family = detect_family(path)
-        if own_process:
+        if own_process or spawned is not None:
             from app.engine.model_process import ModelProcess
 
-            runner = ModelProcess.start(settings)
+            runner = ModelProcess.start(settings, spawned=spawned)
+            family = detect_family(path)
         else:
+            family = detect_family(path)
             runner = LocalModel.load(settings)
         try:
             processor = AutoProcessor.from_pretrained(path)

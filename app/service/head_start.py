@@ -10,24 +10,34 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
+from functools import partial
 
 from app.engine.base import Engine
-from app.service.service import Loader, load_engine
+from app.engine.model_spawn import spawn_model_process
+from app.service.service import Loader, load_engine, load_transformers_engine
 from app.settings import Settings
 
 
 class HeadStart:
-    """A loader whose first call, for the settings it was made with, returns the load begun at construction."""
+    """A loader whose first call, for the settings it was made with, returns the load begun at construction.
 
-    def __init__(self, settings: Settings, loader: Loader = load_engine):
+    With the model in its own process (MODEL_PROCESS, the default) that process is started at once,
+    from here, before this process imports torch; the rest of the load (the processor) goes on in a
+    thread.
+    """
+
+    def __init__(self, settings: Settings, loader: Loader | None = None):
         self._settings = settings
-        self._loader = loader
+        self._loader = loader or load_engine
+        first = self._loader
+        if loader is None and settings.engine == "transformers" and settings.model_process:
+            first = partial(load_transformers_engine, spawned=spawn_model_process(settings))
         self._pending: Future | None = Future()
-        threading.Thread(target=self._load, args=(self._pending,), name="chord-load-early", daemon=True).start()
+        threading.Thread(target=self._load, args=(self._pending, first), name="chord-load-early", daemon=True).start()
 
-    def _load(self, pending: Future) -> None:
+    def _load(self, pending: Future, first: Loader) -> None:
         try:
-            pending.set_result(self._loader(self._settings))
+            pending.set_result(first(self._settings))
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits, as a load of its own would raise it
             pending.set_exception(exc)
 

@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 import anyio
 from PIL import Image
 
-from app.engine.nms import nms_keep
 from app.grounding.result import GroundingResult
 from app.grounding.tiling import combine, shift_result, tile_windows
 from app.grounding.zoom import MAX_CANDIDATES, ZOOM_MIN_FRACTION, confirming_box, label_agrees, zoom_window
@@ -66,4 +65,6 @@ def _only(result: GroundingResult, index: int) -> GroundingResult:
 def _merged(results: list[GroundingResult], image_wh: tuple[int, int]) -> GroundingResult:
     boxes = [b for r in results for b in r.boxes]
     scores = [s for r in results for s in r.scores]
+    from app.engine.nms import nms_keep  # torchvision: imported on first use, not at the server's start
+
     return combine(results, nms_keep(boxes, scores, [ANY_LABEL] * len(boxes)), image_wh)

@@ -19,6 +19,7 @@ import anyio
 from PIL import Image
 
 from app.engine.base import Engine, GroundingRequest
+from app.engine.model_spawn import SpawnedModel
 from app.errors import (
     ChordError,
     ImageTooLarge,
@@ -68,10 +69,13 @@ class Serving:
     busy_since: float = field(default_factory=time.monotonic)  # when work last arrived while it was idle
 
 
-def load_transformers_engine(settings: Settings, own_process: bool | None = None) -> Engine:
+def load_transformers_engine(
+    settings: Settings, own_process: bool | None = None, spawned: SpawnedModel | None = None
+) -> Engine:
     from app.engine.transformers_engine import TransformersEngine
 
-    return TransformersEngine.load(settings, own_process=settings.model_process if own_process is None else own_process)
+    own_process = settings.model_process if own_process is None else own_process
+    return TransformersEngine.load(settings, own_process=own_process, spawned=spawned)
 
 
 def load_openai_engine(settings: Settings) -> Engine:
