@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--attention-aux-layer", type=int, default=defaults.attention_aux_layer)
     parser.add_argument(
+        "--attention-aux-heads",
+        default=",".join(map(str, defaults.attention_aux_heads)),
+        help="the heads of that layer whose attention is supervised",
+    )
+    parser.add_argument(
         "--hard-distractor-prob",
         type=float,
         default=defaults.hard_distractor_prob,
@@ -108,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         identity_aux_weight=args.identity_aux_weight,
         attention_aux_weight=args.attention_aux_weight,
         attention_aux_layer=args.attention_aux_layer,
+        attention_aux_heads=tuple(int(v) for v in args.attention_aux_heads.split(",")),
         hard_distractor_prob=args.hard_distractor_prob,
         final_one_object_share=args.final_one_object_share,
         init_from=args.init_from,
