@@ -57,6 +57,37 @@ def main(argv: list[str] | None = None) -> int:
         help="weight of the training-only loss that makes image tokens carry their (row, column); 0 = off",
     )
     parser.add_argument("--position-aux-layer", type=int, default=defaults.position_aux_layer)
+    parser.add_argument(
+        "--identity-aux-weight",
+        type=float,
+        default=defaults.identity_aux_weight,
+        help="weight of the training-only loss that makes image tokens carry the colour and shape on them; 0 = off",
+    )
+    parser.add_argument(
+        "--attention-aux-weight",
+        type=float,
+        default=defaults.attention_aux_weight,
+        help="weight of the training-only loss that points box tokens' attention at their object; 0 = off",
+    )
+    parser.add_argument("--attention-aux-layer", type=int, default=defaults.attention_aux_layer)
+    parser.add_argument(
+        "--attention-aux-heads",
+        default=",".join(map(str, defaults.attention_aux_heads)),
+        help="the heads of that layer whose attention is supervised",
+    )
+    parser.add_argument(
+        "--hard-distractor-prob",
+        type=float,
+        default=defaults.hard_distractor_prob,
+        help="share of multi-object scenes whose other shapes share the target's colour or shape",
+    )
+    parser.add_argument(
+        "--final-one-object-share",
+        type=float,
+        default=defaults.final_one_object_share,
+        help="share of one-object scenes after the curriculum (the domain's is 0.25)",
+    )
+    parser.add_argument("--init-from", default="", help="checkpoint directory whose weights start the run")
     parser.add_argument("--tiny", action="store_true", help="a minute-sized model, for tests and smoke runs")
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -79,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         mrope_section=tuple(int(v) for v in args.mrope_section.split(",")),
         position_aux_weight=args.position_aux_weight,
         position_aux_layer=args.position_aux_layer,
+        identity_aux_weight=args.identity_aux_weight,
+        attention_aux_weight=args.attention_aux_weight,
+        attention_aux_layer=args.attention_aux_layer,
+        attention_aux_heads=tuple(int(v) for v in args.attention_aux_heads.split(",")),
+        hard_distractor_prob=args.hard_distractor_prob,
+        final_one_object_share=args.final_one_object_share,
+        init_from=args.init_from,
     )
     if args.tiny:
         shape = TinyShape(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)

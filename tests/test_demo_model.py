@@ -40,7 +40,7 @@ def test_engine_says_demo_model(demo_engine):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 7 is blocked: the bundled checkpoint does not reach the bar yet (see app/demo_model/README.md); "
+    reason="issues 7 and 23 are blocked: the bundled checkpoint is below the bar (see app/demo_model/README.md); "
     "strict, so a checkpoint that passes turns this into a failure that asks for the marker's removal",
 )
 def test_demo_model_grounds_fresh_scenes(demo_engine):
@@ -78,7 +78,7 @@ def test_the_server_on_the_demo_model_answers_fresh_scenes_over_http(demo_server
 @pytest.mark.slow  # starts the real server (demo_server)
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 7 is blocked: the bundled checkpoint does not reach the bar yet (see app/demo_model/README.md)",
+    reason="issues 7 and 23 are blocked: the bundled checkpoint is below the bar (see app/demo_model/README.md)",
 )
 def test_the_server_on_the_demo_model_grounds_fresh_scenes(served_report):
     """Issue 7's bar through the whole stack: at least 80 % of 20 fresh scenes get IoU >= 0.5."""
