@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Chord's health-and-restart loop, run by Supervisor as [program:chord-watchdog].
 #
-# Every WATCHDOG_INTERVAL seconds it asks GET /health (curl --max-time WATCHDOG_TIMEOUT):
+# Every WATCHDOG_INTERVAL seconds it asks GET /health (curl --max-time WATCHDOG_TIMEOUT), and asks
+# Supervisor for the program's state only when the answer is not 200:
 #   200                              healthy
 #   503 "loading" within the grace   not a failure (the model is still loading)
 #   refused within the grace         not a failure (the process has not bound its port yet)
@@ -25,8 +26,9 @@ cd "$ROOT" || exit 1
 # shellcheck source=scripts/chord_env.sh
 . "$ROOT/scripts/chord_env.sh"
 
-INTERVAL="${WATCHDOG_INTERVAL:-3}"          # seconds between checks
-RECHECK="${WATCHDOG_RECHECK:-1}"            # seconds before the next check after a failed one
+INTERVAL="${WATCHDOG_INTERVAL:-1}"          # seconds between checks (a healthy check is one curl)
+RECHECK="${WATCHDOG_RECHECK:-0}"            # seconds before the next check after a failed one
+START_INTERVAL=2                            # extra seconds between checks while the server starts
 TIMEOUT="${WATCHDOG_TIMEOUT:-2}"            # curl --max-time for one check (/health never waits for the model)
 FAILURES="${WATCHDOG_FAILURES:-2}"          # failures in a row before a restart
 GRACE="${WATCHDOG_GRACE:-600}"              # seconds after a start during which "loading" is fine
@@ -98,18 +100,7 @@ while true; do
   if [[ -e "$PAUSE_FILE" ]]; then
     continue
   fi
-  status_line=$("${SUPERVISORCTL[@]}" status "$PROGRAM" 2>&1)
-  state=$(awk '{print $2}' <<<"$status_line")
-  case "$state" in
-    STOPPED | EXITED | FATAL)
-      act start "supervisor reports $state"
-      continue
-      ;;
-    RUNNING | STARTING) ;;
-    *)  # BACKOFF, STOPPING or supervisord unreachable: Supervisor is already acting
-      continue
-      ;;
-  esac
+  # A healthy answer costs one curl; Supervisor is asked only when the answer is not 200.
   body=$(curl -s --max-time "$TIMEOUT" -w '\n%{http_code}' "$URL" 2>/dev/null)
   curl_status=$?
   code="${body##*$'\n'}"
@@ -120,6 +111,19 @@ while true; do
     engine_warned=0
     continue
   fi
+  status_line=$("${SUPERVISORCTL[@]}" status "$PROGRAM" 2>&1)
+  state=$(awk '{print $2}' <<<"$status_line")
+  case "$state" in
+    STOPPED | EXITED | FATAL)
+      act start "supervisor reports $state"
+      continue
+      ;;
+    RUNNING | STARTING) ;;
+    *)  # BACKOFF, STOPPING or supervisord unreachable: Supervisor is already acting
+      failures=0
+      continue
+      ;;
+  esac
   if [[ "$code" == 503 && "$body" == *'"stalled"'* ]]; then
     log "$PROGRAM reports its model stalled: ${body%$'\n'*}"
     act restart "the model made no progress while work waited"
@@ -139,7 +143,8 @@ while true; do
   starting=0
   [[ "$state" == STARTING || ( -n "$up" && "$up" -lt "$GRACE" ) ]] && starting=1
   if ((starting)) && [[ ( "$code" == 503 && "$body" == *'"loading"'* ) || $curl_status -eq 7 ]]; then
-    continue  # within the grace period: the port is not bound yet (curl 7) or the model is loading
+    sleep "$START_INTERVAL"  # within the grace period: the port is not bound yet (curl 7) or the model is
+    continue                 # loading; checked less often, so the checks do not slow the start down
   fi
   failures=$((failures + 1))
   log "health check failed ($failures/$FAILURES): HTTP ${code:-none} from $URL"
