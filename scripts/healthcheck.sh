@@ -47,6 +47,7 @@ case "$HOST" in 0.0.0.0|"") HOST=127.0.0.1 ;; ::) HOST="[::1]" ;; esac
 URL="http://$HOST:$PORT/health"
 
 failures=0
+server_pid=""        # from the last healthy answer: a hung server is killed without a round trip to Supervisor
 restarts=()          # epoch seconds of recent restarts
 budget_warned=0
 engine_warned=0
@@ -85,7 +86,14 @@ act() {  # act start|restart|kill REASON
   restarts+=("$(date +%s)")
   log "$verb $PROGRAM ($reason); restart ${#restarts[@]} of $MAX_RESTARTS in ${WINDOW}s"
   case "$verb" in
-    kill) command=(signal KILL "$PROGRAM") ;;  # autorestart=true: Supervisor starts it again at once
+    kill)  # autorestart=true: Supervisor starts it again at once
+      if [[ -n "$server_pid" ]] && kill -KILL "$server_pid" 2>/dev/null; then
+        log "killed pid $server_pid (the pid its last healthy /health gave)"
+        failures=0
+        return
+      fi
+      command=(signal KILL "$PROGRAM")
+      ;;
     restart) "${SUPERVISORCTL[@]}" signal CONT "$PROGRAM" >/dev/null 2>&1; command=(restart "$PROGRAM") ;;
     *) command=("$verb" "$PROGRAM") ;;
   esac
@@ -105,10 +113,17 @@ while true; do
   curl_status=$?
   code="${body##*$'\n'}"
   if [[ "$code" == 200 ]]; then
+    [[ "$body" =~ \"pid\":([0-9]+) ]] && server_pid="${BASH_REMATCH[1]}"
     ((failures > 0)) && log "$PROGRAM healthy again after $failures failed checks"
     ((engine_warned)) && log "$PROGRAM: its engine is reachable again"
     failures=0
     engine_warned=0
+    continue
+  fi
+  if ((curl_status == 28)); then  # it took the connection and did not answer in time: hung, whatever its state
+    failures=$((failures + 1))
+    log "health check failed ($failures/$FAILURES): no answer within ${TIMEOUT}s from $URL"
+    ((failures >= FAILURES)) && act kill "$failures failed health checks in a row"
     continue
   fi
   status_line=$("${SUPERVISORCTL[@]}" status "$PROGRAM" 2>&1)

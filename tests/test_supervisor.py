@@ -125,7 +125,7 @@ def test_kill_9_comes_back_within_load_time_plus_5_s(stack):
     assert "Address already in use" not in stack.log("chord")
 
 
-def test_a_hung_server_serves_again_within_20_s(stack):
+def test_a_hung_server_serves_again_within_25_s(stack):
     pid = stack.pid()
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -136,8 +136,9 @@ def test_a_hung_server_serves_again_within_20_s(stack):
         except ProcessLookupError:
             pass
     print(f"\nkill -STOP: restarted and healthy after {took:.1f} s")
-    # Two failed checks (3 s apart, then 1 s; 2 s time-outs), a kill, then a start like the first one.
-    assert took <= 20
+    # A check a second, two 2 s time-outs in a row, a kill, then a start like the first one (about 14 s of
+    # it on a quiet 2-core machine: the web stack and torch imported in parallel with the model's process).
+    assert took <= 25
     assert "kill chord" in stack.log("watchdog")
 
 
