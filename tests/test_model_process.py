@@ -15,8 +15,15 @@ from PIL import Image
 
 from app.engine.base import GroundingRequest
 from app.engine.model_process import ModelProcess, SharedTensors
+from app.engine.model_spawn import spawn_model_process
 from app.errors import ModelProcessExited
 from app.settings import load_settings
+
+
+def started(settings):
+    """A model process as the server starts one: spawned first, then waited for."""
+    spawned = spawn_model_process(settings)
+    return spawned.process, spawned.connection
 
 
 def model_children(pid: int) -> list[psutil.Process]:
@@ -33,7 +40,7 @@ def noise_request(i: int) -> GroundingRequest:
 @pytest.fixture(scope="module")
 def model_process(tiny_checkpoint):
     settings = load_settings(model_path=tiny_checkpoint, device="cpu", max_new_tokens=24, max_pixels=28 * 28 * 64)
-    process = ModelProcess.start(settings, exit_on_loss=False)
+    process = ModelProcess.start(*started(settings), exit_on_loss=False)
     yield process
     process.close()
 
@@ -67,7 +74,7 @@ def test_the_model_process_answers_as_the_in_process_model(model_process, tiny_e
 @pytest.mark.slow  # starts a model process: a second interpreter that imports torch and loads the model
 def test_a_dead_model_process_is_a_clear_error(tiny_checkpoint, tiny_engine):
     settings = load_settings(model_path=tiny_checkpoint, device="cpu", max_new_tokens=8, max_pixels=28 * 28 * 64)
-    process = ModelProcess.start(settings, exit_on_loss=False)
+    process = ModelProcess.start(*started(settings), exit_on_loss=False)
     try:
         os.kill(process.pid, signal.SIGKILL)
         prepared = tiny_engine.prepare([noise_request(0)])

@@ -33,7 +33,6 @@ import torch
 import torch.multiprocessing  # noqa: F401 - its pickling of tensors, for what the child sends back
 
 from app.engine.image_cache import CacheCounts
-from app.engine.model_spawn import SpawnedModel, spawn_model_process
 from app.engine.progress import ProgressClock, throttled
 from app.errors import ChordError, ModelLoadError, ModelProcessExited
 from app.settings import Settings
@@ -131,11 +130,9 @@ class ModelProcess:
         self._receiver.start()
 
     @classmethod
-    def start(cls, settings: Settings, exit_on_loss: bool = True, spawned: SpawnedModel | None = None) -> ModelProcess:
-        """Start the child (or take one ``spawn_model_process`` started) and wait until its model is loaded;
-        ModelLoadError (with the reason) if it is not."""
-        spawned = spawned or spawn_model_process(settings)
-        process, parent_end = spawned.process, spawned.connection
+    def start(cls, process, parent_end, exit_on_loss: bool = True) -> ModelProcess:
+        """Wait until the child ``model_spawn.spawn_model_process`` started (``process``, the parent's end of its
+        pipe) has loaded its model; ModelLoadError (with the reason) if it does not."""
         try:
             kind, payload = parent_end.recv()
         except EOFError:

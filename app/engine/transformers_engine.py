@@ -24,7 +24,7 @@ from transformers import (
 from app.engine.base import GroundingRequest, ModelRunner
 from app.engine.image_cache import CacheCounts, image_key
 from app.engine.local_model import LocalModel, detect_family
-from app.engine.model_spawn import SpawnedModel
+from app.engine.model_spawn import SpawnedModel, spawn_model_process
 from app.engine.pixels import effective_pixel_range
 from app.engine.processor_cache import CachedImageProcessing
 from app.errors import ModelLoadError
@@ -93,7 +93,8 @@ class TransformersEngine:
         if own_process or spawned is not None:
             from app.engine.model_process import ModelProcess
 
-            runner = ModelProcess.start(settings, spawned=spawned)
+            spawned = spawned or spawn_model_process(settings)
+            runner = ModelProcess.start(spawned.process, spawned.connection)
             family = detect_family(path)
         else:
             family = detect_family(path)
