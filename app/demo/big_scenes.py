@@ -8,17 +8,14 @@ demo's range. Seeded: scene ``index`` of seed ``seed`` is always the same pictur
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from app.demo.scenes import (
     BACKGROUND_RANGE,
     COLOURS,
     SHAPES,
     Scene,
-    SceneObject,
     boxes_overlap,
-    draw_shape,
-    jittered_colour,
+    compose_scene,
 )
 
 CANVAS_SIDE_RANGE = (3000, 6000)
@@ -47,12 +44,4 @@ def make_big_scene(rng: np.random.Generator) -> Scene:
         box = (x, y, x + side, y + side)
         if not any(boxes_overlap(box, other) for other in boxes):
             boxes.append(box)
-    objects = []
-    for index, box in zip(chosen, boxes, strict=True):
-        colour, shape = kinds[int(index)]
-        objects.append(SceneObject(colour, shape, box, jittered_colour(rng, colour)))
-    image = Image.new("RGB", (w, h), background)
-    draw = ImageDraw.Draw(image)
-    for obj in objects:
-        draw_shape(draw, obj.shape, obj.box, obj.rgb)
-    return Scene(image=image, objects=tuple(objects), background=background)
+    return compose_scene(rng, (w, h), background, [kinds[int(i)] for i in chosen], boxes)

@@ -101,11 +101,15 @@ def make_scene(rng: np.random.Generator, n_objects: int | None = None) -> Scene:
     kinds = [(c, s) for c in COLOURS for s in SHAPES]
     chosen = rng.choice(len(kinds), size=wanted, replace=False)
     boxes = _place_boxes(rng, (w, h), wanted)
+    return compose_scene(rng, (w, h), background, [kinds[int(i)] for i in chosen], boxes)
+
+
+def compose_scene(rng: np.random.Generator, size: tuple[int, int], background, kinds, boxes) -> Scene:
+    """Draw one shape of each (colour, shape) in ``kinds`` into the matching box, colours jittered by ``rng``."""
     objects = []
-    for index, box in zip(chosen, boxes, strict=False):
-        colour, shape = kinds[int(index)]
+    for (colour, shape), box in zip(kinds, boxes, strict=False):
         objects.append(SceneObject(colour, shape, box, jittered_colour(rng, colour)))
-    image = Image.new("RGB", (w, h), background)
+    image = Image.new("RGB", size, background)
     draw = ImageDraw.Draw(image)
     for obj in objects:
         draw_shape(draw, obj.shape, obj.box, obj.rgb)
