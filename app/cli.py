@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from app.errors import ChordError
@@ -123,10 +124,8 @@ def _wh(text: str) -> tuple[int, int]:
 
 
 def _serve(args) -> int:
-    from pathlib import Path
-
     from app.logs import configure_logging
-    from app.settings import PROJECT_ROOT, load_settings
+    from app.settings import load_settings
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     settings = load_settings(**overrides)
@@ -143,16 +142,48 @@ def _serve(args) -> int:
             logger.error("exiting with status %d: EXIT_ON_LOAD_FAILURE is on", LOAD_FAILURE_EXIT_STATUS)
             return LOAD_FAILURE_EXIT_STATUS
 
-    from app.service.head_start import HeadStart
+    from app.server.keeper import KeeperPolicy, run_keeper
 
-    loader = HeadStart(settings)  # the model starts loading now, while the server's own imports run
+    _import_serving_code(settings)
+    policy = KeeperPolicy(final_statuses=frozenset({LOAD_FAILURE_EXIT_STATUS}))
+    return run_keeper(lambda serving, tell: _serve_forked(serving, args, tell), settings, policy)
+
+
+def _import_serving_code(settings) -> None:
+    """Import everything a serving process and its model process run, once, in the keeper they are forked from."""
+    import time
+
+    started = time.monotonic()
+    import uvicorn  # noqa: F401
+
+    import app.server.main  # noqa: F401
+    import app.server.swap_control  # noqa: F401
+    import app.service.head_start  # noqa: F401
+
+    if settings.engine == "transformers":
+        from app.engine.preload import import_model_code
+
+        import_model_code(str(settings.resolved_model_path()))
+    logger.info(
+        "imported the server's code in %.1f s (%d modules); serving processes are forked from this one (pid %d)",
+        time.monotonic() - started, len(sys.modules), os.getpid(),
+    )  # fmt: skip
+
+
+def _serve_forked(settings, args, tell) -> int:
+    """One serving process: the model process first (forked, its code already imported), then the port.
+    ``tell`` hands the settings of a swapped-in model to the keeper, for the serving process after this one."""
+    from pathlib import Path
 
     import uvicorn
 
     from app.server.http_protocol import WholeResponseH11Protocol
     from app.server.main import create_app
     from app.server.swap_control import SwapControl
+    from app.service.head_start import HeadStart
+    from app.settings import PROJECT_ROOT
 
+    loader = HeadStart(settings, fork_model=True)  # the model starts loading now, while the app is built
     server: uvicorn.Server | None = None
     failed: list[ChordError] = []
 
@@ -164,7 +195,7 @@ def _serve(args) -> int:
 
     app = create_app(settings, loader, on_load_failure=stop_on_load_failure)
     run_dir = Path(args.run_dir) if args.run_dir else PROJECT_ROOT / "run"
-    SwapControl(app.state.service, settings.port, run_dir).install()
+    SwapControl(app.state.service, settings.port, run_dir, on_swapped=tell).install()
     logger.info("serving on http://%s:%d (UI at /, API docs at /docs)", settings.host, settings.port)
     # One worker: Gradio's queue lives in this process. log_config=None keeps our one log format;
     # access_log off because each grounding request already gets its own line. An open browser

@@ -10,10 +10,15 @@
 #                                    work waited (a hung kernel, a stopped model process): restart at once
 #   anything else, or a time-out     a failure (a hung process accepts the connection, then times out)
 # After a failure the next check comes WATCHDOG_RECHECK seconds later, not a whole interval. After
-# WATCHDOG_FAILURES failures in a row it kills chord (`supervisorctl signal KILL`: a hung process
-# would sit out a graceful stop for stopwaitsecs) and Supervisor starts it again at once; a stalled
-# model gets a graceful `supervisorctl restart` (the server still answers). When Supervisor
-# reports chord STOPPED, EXITED or FATAL (and no one paused the watchdog) it starts it again.
+# WATCHDOG_FAILURES failures in a row it kills the serving process (SIGKILL, by the pid its last
+# healthy /health gave: a hung process would sit out a graceful stop) and the keeper that forked it
+# (`python -m app serve`, Supervisor's process) forks a new one at once, its code already imported;
+# with no pid known it kills the keeper (`supervisorctl signal KILL`) and Supervisor starts it again.
+# A stalled model's serving process is killed the same way, by the pid in its "stalled" answer: what
+# it holds cannot finish, and the keeper also ends the frozen model process it leaves behind.
+# "Starting" (the grace below) is the serving process's age: the keeper's newest child, else the
+# program's uptime. When Supervisor reports chord STOPPED, EXITED or FATAL (and no one paused the
+# watchdog) it starts it again.
 # A 503 "engine_unreachable" (ENGINE=openai, the engine server is down) is logged, not restarted;
 # a 503 "swapping" (`chordctl swap --in-place` under way) is not a failure.
 # At most WATCHDOG_MAX_RESTARTS restarts/starts per WATCHDOG_WINDOW seconds: past that it logs
@@ -36,6 +41,7 @@ MAX_RESTARTS="${WATCHDOG_MAX_RESTARTS:-5}"  # restart budget ...
 WINDOW="${WATCHDOG_WINDOW:-3600}"           # ... per this many seconds
 PROGRAM="${1:-${WATCHDOG_PROGRAM:-chord}}"  # arguments: PROGRAM PORT (a replica's watchdog, chordctl replicas)
 PAUSE_FILE="$ROOT/run/watchdog.paused"
+CLOCK_TICKS=$(getconf CLK_TCK 2>/dev/null || echo 100)
 read -r -a SUPERVISORCTL <<<"${SUPERVISORCTL:-$ROOT/.venv/bin/supervisorctl -c $ROOT/supervisor/supervisord.conf}"
 
 log() { printf '%s watchdog: %s\n' "$(date '+%Y-%m-%dT%H:%M:%S%z')" "$*"; }
@@ -80,25 +86,53 @@ budget_allows() {
   return 0
 }
 
-act() {  # act start|restart|kill REASON
+act() {  # act start|kill REASON
   local verb="$1" reason="$2" command
   budget_allows || return
   restarts+=("$(date +%s)")
   log "$verb $PROGRAM ($reason); restart ${#restarts[@]} of $MAX_RESTARTS in ${WINDOW}s"
   case "$verb" in
-    kill)  # autorestart=true: Supervisor starts it again at once
+    kill)  # the keeper forks a new serving process at once (or, killed itself, Supervisor restarts it)
+      if [[ -z "$server_pid" ]] || ! kill -0 "$server_pid" 2>/dev/null; then
+        server_pid=$(newest_child "$("${SUPERVISORCTL[@]}" status "$PROGRAM" 2>&1)")  # replaced since it answered
+      fi
       if [[ -n "$server_pid" ]] && kill -KILL "$server_pid" 2>/dev/null; then
-        log "killed pid $server_pid (the pid its last healthy /health gave)"
+        log "killed pid $server_pid (the serving process; its keeper starts a new one)"
+        server_pid=""  # never signal a pid that may be reused
         failures=0
         return
       fi
       command=(signal KILL "$PROGRAM")
       ;;
-    restart) "${SUPERVISORCTL[@]}" signal CONT "$PROGRAM" >/dev/null 2>&1; command=(restart "$PROGRAM") ;;
     *) command=("$verb" "$PROGRAM") ;;
   esac
   "${SUPERVISORCTL[@]}" "${command[@]}" 2>&1 | while read -r out; do log "supervisorctl: $out"; done
+  server_pid=""
   failures=0
+}
+
+# The pid of the newest child of the keeper a status line names ("RUNNING pid 12, uptime ..."): its
+# serving process. Empty if none. Read from /proc.
+newest_child() {
+  local children=()
+  [[ "$1" =~ pid\ ([0-9]+) ]] || return 0
+  read -r -a children 2>/dev/null <"/proc/${BASH_REMATCH[1]}/task/${BASH_REMATCH[1]}/children"
+  ((${#children[@]})) && echo "${children[-1]}"
+  return 0
+}
+
+# Seconds the serving process has been up (a replacement is as new as a fresh start), else the
+# program's uptime from its status line; empty if unknown.
+serving_seconds() {
+  local child stat fields now
+  child=$(newest_child "$1")
+  if [[ -n "$child" ]] && read -r stat 2>/dev/null <"/proc/$child/stat"; then
+    read -r -a fields <<<"${stat##*) }"  # fields[19] is starttime, in clock ticks after boot
+    read -r now _ </proc/uptime
+    echo $(( ${now%.*} - fields[19] / CLOCK_TICKS ))
+    return
+  fi
+  uptime_seconds "$1"
 }
 
 log "watching $URL every ${INTERVAL}s (timeout ${TIMEOUT}s, restart after $FAILURES failures" \
@@ -141,7 +175,8 @@ while true; do
   esac
   if [[ "$code" == 503 && "$body" == *'"stalled"'* ]]; then
     log "$PROGRAM reports its model stalled: ${body%$'\n'*}"
-    act restart "the model made no progress while work waited"
+    [[ "$body" =~ \"pid\":([0-9]+) ]] && server_pid="${BASH_REMATCH[1]}"
+    act kill "the model made no progress while work waited"
     continue
   fi
   if [[ "$code" == 503 && "$body" == *'"swapping"'* ]]; then
@@ -154,7 +189,7 @@ while true; do
     failures=0
     continue
   fi
-  up=$(uptime_seconds "$status_line")
+  up=$(serving_seconds "$status_line")
   starting=0
   [[ "$state" == STARTING || ( -n "$up" && "$up" -lt "$GRACE" ) ]] && starting=1
   if ((starting)) && [[ ( "$code" == 503 && "$body" == *'"loading"'* ) || $curl_status -eq 7 ]]; then

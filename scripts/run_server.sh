@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What Supervisor runs: load the overrides `chordctl start` saved, then exec the server in place.
+# What Supervisor runs: load the overrides `chordctl start` saved, then exec the server's keeper in
+# place (it forks the serving process: docs/operations.md).
 # Arguments go to `python -m app serve` (a replica gets --port, which beats PORT in run/chord.env);
 # --run-dir is where `chordctl swap` leaves its requests for this server.
 set -euo pipefail

@@ -92,6 +92,11 @@ class LiveServer:
             time.sleep(0.1)
         raise TimeoutError(f"/health did not answer {wanted} within {timeout_s} s:\n{self.log()}")
 
+    @property
+    def serving_pid(self) -> int:
+        """The serving process's pid (/health's): ``process`` is its keeper, which forked it."""
+        return httpx.get(f"{self.url}/health", timeout=5).json()["pid"]
+
     def stop(self) -> None:
         self.process.terminate()
         try:

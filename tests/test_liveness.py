@@ -18,7 +18,7 @@ STALL_TIMEOUT_S = 2
 
 def model_process(server) -> psutil.Process:
     """The server's model process (multiprocessing also starts a resource tracker beside it)."""
-    children = psutil.Process(server.process.pid).children()
+    children = psutil.Process(server.serving_pid).children()
     (child,) = [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
     return child
 

@@ -87,14 +87,15 @@ def test_a_dead_model_process_is_a_clear_error(tiny_checkpoint, tiny_engine):
 
 
 @pytest.mark.slow
-def test_the_server_stops_when_its_model_process_dies(tiny_checkpoint, sample_png, tmp_path):
-    """So Supervisor (autorestart) starts it again, instead of a server that can never answer."""
+def test_a_serving_process_whose_model_process_dies_is_replaced(tiny_checkpoint, sample_png, tmp_path):
+    """The serving process ends (it can never answer again) and its keeper forks a new one at once."""
     from live_server import start_server
 
     live = start_server(tiny_checkpoint, tmp_path)
     try:
         live.wait_for_health(200)
-        children = model_children(live.process.pid)
+        serving = live.serving_pid
+        children = model_children(serving)
         assert len(children) == 1, "the model runs in one child process"
         children[0].kill()
         with open(sample_png, "rb") as image:
@@ -102,10 +103,20 @@ def test_the_server_stops_when_its_model_process_dies(tiny_checkpoint, sample_pn
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "model_process_exited"
         deadline = time.monotonic() + 30
-        while live.process.poll() is None and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            try:
+                if live.serving_pid != serving:
+                    break
+            except httpx.HTTPError:
+                pass
             time.sleep(0.2)
-        assert live.process.poll() is not None, "the server exits, for Supervisor to restart it"
-        assert "model process ended" in live.log()
+        answer = live.wait_for_health(200, timeout_s=30)
+        assert answer["pid"] != serving and live.process.poll() is None, "a new serving process, the same keeper"
+        assert len(model_children(answer["pid"])) == 1
+        with open(sample_png, "rb") as image:
+            response = httpx.post(f"{live.url}/api/ground", files={"image": image}, data={"prompt": "x"}, timeout=60)
+        assert response.status_code == 200
+        assert "model process ended" in live.log() and "starting a new one" in live.log()
     finally:
         live.stop()
 
@@ -117,13 +128,15 @@ def test_the_model_process_ends_with_the_server(tiny_checkpoint, tmp_path):
     live = start_server(tiny_checkpoint, tmp_path)
     try:
         live.wait_for_health(200)
-        [child] = model_children(live.process.pid)
-        live.process.kill()  # SIGKILL: no shutdown code runs in the server
+        serving = psutil.Process(live.serving_pid)
+        [child] = model_children(serving.pid)
+        live.process.kill()  # SIGKILL of the keeper: no shutdown code runs anywhere
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and _alive(child):
+        while time.monotonic() < deadline and (_alive(child) or _alive(serving)):
             time.sleep(0.2)
     finally:
         live.stop()
+    assert not _alive(serving), "the serving process outlived its keeper"
     assert not _alive(child), "the model process outlived the server"
 
 

@@ -125,7 +125,7 @@ def test_lines_from_a_running_server_count_the_requests_since_the_last_line(serv
     later = [r for r in lines if "level" not in r]
     assert all(LINE_KEYS <= set(r) and "metrics_error" not in r for r in later)
     assert sum(r["requests"] for r in later) == 2 and sum(r["errors"] for r in later) == 1
-    assert busy["server"]["pid"] == server.process.pid and busy["server"]["rss_bytes"] > 0
+    assert busy["server"]["pid"] == server.serving_pid and busy["server"]["rss_bytes"] > 0
     assert busy["model_process"] is None or busy["model_process"]["rss_bytes"] > 0
     assert busy["success_rate_percent"] == 100.0 and busy["latency_avg_s"] > 0
     alert = lines[lines.index(busy) + 1]

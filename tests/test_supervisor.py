@@ -47,25 +47,37 @@ class Stack:
         )  # fmt: skip
 
     def health(self) -> int | None:
+        return self.health_answer()[0]
+
+    def health_answer(self) -> tuple[int | None, dict]:
         try:
-            return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code
-        except httpx.HTTPError:
-            return None
+            response = httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2)
+            return response.status_code, response.json()
+        except (httpx.HTTPError, ValueError):
+            return None, {}
 
     def pid(self) -> int:
+        """The keeper's pid: the process Supervisor runs."""
         out = self.chordctl("ctl", "pid", "chord").stdout.strip()
         return int(out) if out.isdigit() else 0
+
+    def serving_pid(self) -> int:
+        """The serving process's pid, as /health gives it (the keeper forked it)."""
+        return self.health_answer()[1].get("pid", 0)
 
     def state(self) -> str:
         line = self.chordctl("ctl", "status", "chord").stdout.split()
         return line[1] if len(line) > 1 else ""
 
-    def wait_healthy(self, timeout: float, other_than_pid: int = 0) -> float:
+    def wait_healthy(self, timeout: float, other_than_pid: int = 0, other_than_serving: int = 0) -> float:
+        """Seconds until /health is 200 (from a keeper other than ``other_than_pid``, a serving process other
+        than ``other_than_serving``)."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
-            if self.health() == 200 and self.pid() not in (0, other_than_pid):
+            status, answer = self.health_answer()
+            if status == 200 and answer.get("pid") != other_than_serving and self.pid() not in (0, other_than_pid):
                 return time.monotonic() - started
-            time.sleep(0.2)
+            time.sleep(0.1)
         raise AssertionError(f"not healthy within {timeout} s; log:\n{self.log('chord')[-3000:]}")
 
     def log(self, name: str) -> str:
@@ -116,36 +128,64 @@ def test_status_reports_running(stack):
     assert out.returncode == 0 and "chord-watchdog" in out.stdout
 
 
-def test_kill_9_comes_back_within_load_time_plus_5_s(stack):
+def test_kill_9_of_the_keeper_comes_back_within_load_time_plus_5_s(stack):
     pid = stack.pid()
-    os.kill(pid, signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)  # its serving process dies with it (PR_SET_PDEATHSIG) and frees the port
     took = stack.wait_healthy(stack.load_seconds + 5 + 30, other_than_pid=pid)
-    print(f"\nkill -9: /health 200 again after {took:.1f} s (load time {stack.load_seconds:.1f} s)")
+    print(f"\nkill -9 of the keeper: /health 200 again after {took:.1f} s (load time {stack.load_seconds:.1f} s)")
     assert took <= stack.load_seconds + 5
     assert "Address already in use" not in stack.log("chord")
 
 
-def test_a_hung_server_is_killed_and_serves_again(stack):
-    pid = stack.pid()
-    os.kill(pid, signal.SIGSTOP)
+def test_kill_9_of_the_serving_process_is_replaced_by_the_keeper(stack):
+    stack.wait_healthy(60)
+    keeper, serving = stack.pid(), stack.serving_pid()
+    os.kill(serving, signal.SIGKILL)
+    took = stack.wait_healthy(60, other_than_serving=serving)
+    print(f"\nkill -9 of the serving process: /health 200 again after {took:.1f} s")
+    assert took <= 20
+    assert stack.pid() == keeper, "the keeper replaced it; Supervisor did not restart anything"
+    assert "was ended by SIGKILL; starting a new one" in stack.log("chord")
+
+
+def test_a_hung_server_is_killed_and_serves_again_within_20_s(stack):
+    stack.wait_healthy(60)
+    keeper, serving = stack.pid(), stack.serving_pid()
+    os.kill(serving, signal.SIGSTOP)  # the process that answers HTTP, frozen
     try:
-        took = stack.wait_healthy(60, other_than_pid=pid)
+        took = stack.wait_healthy(60, other_than_serving=serving)
     finally:
         try:
-            os.kill(pid, signal.SIGCONT)
+            os.kill(serving, signal.SIGCONT)
         except ProcessLookupError:
             pass
-    print(f"\nkill -STOP: restarted and healthy after {took:.1f} s")
-    # A check a second, two 2 s time-outs in a row, a kill, then a start like the first one (14-19 s of it on
-    # a 2-core machine: the web stack and torch imported in parallel with the model's process). Measured
-    # 19.7-26.8 s; the aim is 20 s (docs/operations.md says where the time goes).
-    assert took <= max(30, 10 + stack.load_seconds)
-    assert "kill chord" in stack.log("watchdog")
+    print(f"\nkill -STOP of the serving process: killed, replaced and healthy after {took:.1f} s")
+    # A check a second, two 2 s time-outs in a row, a kill, then a serving process forked with its code
+    # already imported (about a second for the tiny checkpoint).
+    assert took <= 20
+    assert "killed pid" in stack.log("watchdog") and stack.pid() == keeper
+
+
+def test_a_frozen_keeper_does_not_stop_the_serving(stack, sample_png):
+    stack.wait_healthy(60)
+    keeper = stack.pid()
+    image = Path(sample_png).read_bytes()
+    os.kill(keeper, signal.SIGSTOP)  # the keeper is not on any request's path
+    try:
+        for _ in range(5):
+            response = httpx.post(f"http://127.0.0.1:{stack.port}/api/ground", files={"image": image},
+                                  data={"prompt": "cat"}, timeout=10)  # fmt: skip
+            assert response.status_code == 200, response.text
+            assert stack.health() == 200
+            time.sleep(0.5)
+    finally:
+        os.kill(keeper, signal.SIGCONT)
+    assert stack.pid() == keeper
 
 
 def test_a_frozen_model_process_is_restarted_and_serves_again_within_45_s(stack, sample_png):
     stack.wait_healthy(120)
-    server = stack.pid()
+    server = stack.serving_pid()
     children = psutil.Process(server).children()
     models = [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
     assert len(models) == 1, f"server {server}: children {[' '.join(c.cmdline()) for c in children]}"
@@ -164,15 +204,13 @@ def test_a_frozen_model_process_is_restarted_and_serves_again_within_45_s(stack,
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    try:
-        model.send_signal(signal.SIGCONT)
-    except psutil.NoSuchProcess:
-        pass
     print(f"\nmodel process kill -STOP: /api/ground 200 again after {answered} s")
-    # STALL_TIMEOUT_S (15 s), a check (3 s), the stop (a few seconds), then a start like the first one.
+    # STALL_TIMEOUT_S (15 s), a check (3 s), then the serving process killed and a new one forked.
     assert answered is not None and answered <= 45
-    # /health says "stalled" only until the watchdog's next check restarts it: its log is the witness.
-    assert "reports its model stalled" in stack.log("watchdog") and stack.pid() != server
+    # /health says "stalled" only until the watchdog's next check: its log is the witness.
+    assert "reports its model stalled" in stack.log("watchdog") and stack.serving_pid() != server
+    # The keeper ended the frozen model process the killed serving process left behind.
+    assert not model.is_running() or model.status() == psutil.STATUS_ZOMBIE
 
 
 def test_logs_and_health_commands(stack):
@@ -211,10 +249,12 @@ def test_the_resource_log_writes_logs_metrics_log(stack):
     lines: list[dict] = []
     while time.monotonic() < deadline:
         lines = [json.loads(line) for line in stack.log("metrics").splitlines()]
-        if any(line.get("server") and line["server"]["pid"] == stack.pid() for line in lines):
+        if any(line.get("server") and line["server"]["pid"] == stack.serving_pid() for line in lines):
             break
         time.sleep(0.5)
-    assert any(line.get("server") and line["server"]["pid"] == stack.pid() for line in lines), stack.log("resources")
+    assert any(line.get("server") and line["server"]["pid"] == stack.serving_pid() for line in lines), stack.log(
+        "resources"
+    )
     assert "chord-resources" in stack.chordctl("ctl", "status").stdout
 
 
@@ -283,6 +323,10 @@ def test_swap_under_load_answers_every_request_and_rollback_returns(stack, other
     assert serving_model(stack) == "tiny-other"
     assert f"MODEL_PATH={other_checkpoint}" in stack.chordctl("env").stdout  # a restart keeps the new model
     assert 'chord_model_info{model="tiny-other"} 1.0' in httpx.get(f"http://127.0.0.1:{stack.port}/metrics").text
+    serving = stack.serving_pid()  # a serving process that dies after a swap is replaced by one serving the new model
+    os.kill(serving, signal.SIGKILL)
+    stack.wait_healthy(60, other_than_serving=serving)
+    assert serving_model(stack) == "tiny-other"
 
     with Traffic(stack.port, image) as traffic:
         out = stack.chordctl("rollback", "--watch", "2", timeout=300)

@@ -19,12 +19,14 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app.errors import ChordError
 from app.service.service import GroundingService
 from app.service.swap import Canary, ModelSwap, SwapOutcome, SwapPlan, default_canary
 from app.service.uploads import decode_upload
+from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +35,16 @@ MAX_WATCH_S = 600.0
 
 
 class SwapControl:
-    def __init__(self, service: GroundingService, port: int, run_dir: Path):
+    def __init__(
+        self,
+        service: GroundingService,
+        port: int,
+        run_dir: Path,
+        on_swapped: Callable[[Settings], None] | None = None,
+    ):
+        """``on_swapped`` gets the settings serving after each swap that succeeded."""
         self._service = service
+        self._on_swapped = on_swapped
         self._folder = run_dir / "swap"
         self._request = self._folder / f"request-{port}.json"
         self._swap = ModelSwap(service)
@@ -79,6 +89,8 @@ class SwapControl:
         else:
             say("start", f"swap to {plan.model_path}" + (" in place" if plan.in_place else ""))
             outcome = self._swap.run(plan, say)
+        if outcome.ok and self._on_swapped is not None:
+            self._on_swapped(self._service.settings)
         verdict = "swapped" if outcome.ok else "not swapped"
         fields = {"ok": outcome.ok, "model": outcome.model, "reason": outcome.reason}
         say("result", verdict, final=True, **fields, seconds=round(outcome.seconds, 1), downtime_s=outcome.downtime_s)

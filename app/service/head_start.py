@@ -23,15 +23,16 @@ class HeadStart:
 
     With the model in its own process (MODEL_PROCESS, the default) that process is started at once,
     from here, before this process imports torch; the rest of the load (the processor) goes on in a
-    thread.
+    thread. ``fork_model``: this process was forked from the keeper with everything imported, and the
+    model process is forked from it too (``spawn_model_process``).
     """
 
-    def __init__(self, settings: Settings, loader: Loader | None = None):
+    def __init__(self, settings: Settings, loader: Loader | None = None, fork_model: bool = False):
         self._settings = settings
         self._loader = loader or load_engine
         first = self._loader
         if loader is None and settings.engine == "transformers" and settings.model_process:
-            first = partial(load_transformers_engine, spawned=spawn_model_process(settings))
+            first = partial(load_transformers_engine, spawned=spawn_model_process(settings, fork_model))
         self._pending: Future | None = Future()
         threading.Thread(target=self._load, args=(self._pending, first), name="chord-load-early", daemon=True).start()
 
