@@ -160,7 +160,7 @@ def _import_serving_code(settings) -> None:
     import app.server.swap_control  # noqa: F401
     import app.service.head_start  # noqa: F401
 
-    if settings.engine == "transformers":
+    if settings.engine == "transformers" and settings.preload_model_code:
         from app.engine.preload import import_model_code
 
         import_model_code(str(settings.resolved_model_path()))

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         True,
         description="Run the model in its own process (its own interpreter lock) so HTTP work never stalls it.",
     )
+    preload_model_code: bool = Field(
+        True,
+        description="Import torch, transformers and the model's code once, in the keeper the serving process is "
+        "forked from: a replaced serving process and its model process start without imports.",
+    )
     torch_threads: int = Field(
         0,
         ge=0,

@@ -36,9 +36,10 @@ def _metric(text: str, line_start: str) -> float:
     return 0.0
 
 
-def test_health_was_503_loading_then_200(server):
-    assert 503 in server.health_seen, "the port should answer with 503 while the model loads"
-    assert server.health_seen.index(503) < server.health_seen.index(200)
+def test_health_answers_what_serves(server):
+    # Only 503 (loading: the model process forked from the keeper usually loads the tiny checkpoint before the
+    # port is bound) then 200; the loading answer itself is test_browser's loading test (PRELOAD_MODEL_CODE=false).
+    assert set(server.health_seen) <= {503, 200} and server.health_seen[-1] == 200
     body = httpx.get(f"{server.url}/health").json()
     assert body["status"] == "ok"
     assert body["device"] == "cpu"

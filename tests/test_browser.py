@@ -203,7 +203,8 @@ def test_the_page_says_the_model_is_loading_then_enables_find(browser, tiny_chec
     from live_server import start_server
     from playwright.sync_api import expect
 
-    live = start_server(tiny_checkpoint, tmp_path)
+    # The model process imports torch itself (about 7 s here): a load long enough to see, as a 7B's weights are.
+    live = start_server(tiny_checkpoint, tmp_path, PRELOAD_MODEL_CODE="false")
     try:
         assert live.wait_for_health(503, timeout_s=120, loading_ok=True)["status"] == "loading"
         page = new_page(browser)
@@ -217,6 +218,8 @@ def test_the_page_says_the_model_is_loading_then_enables_find(browser, tiny_chec
         expect(page.locator("#chord-header")).to_contain_text("serving", timeout=120_000)
         expect(go).to_be_enabled()
         expect(go).to_have_text("Find")
+        assert live.wait_for_health(200)["status"] == "ok"
+        assert live.health_seen.index(503) < live.health_seen.index(200), "503 while the model loads, then 200"
         # Supervisor stops it with SIGTERM: an open tab must not keep it alive.
         started = time.monotonic()
         live.process.terminate()

@@ -82,5 +82,5 @@ def test_a_long_generation_is_never_called_stalled(watched):
     took = time.monotonic() - started
     print(f"\n2048-token answer: {took:.1f} s, /health polled {len(seen)} times: {set(seen)}")
     assert results[0].status_code == 200
-    assert took > 2 * STALL_TIMEOUT_S, "the answer was too short to show anything: it must outlast STALL_TIMEOUT_S"
+    assert took > 1.5 * STALL_TIMEOUT_S, "the answer was too short to show anything: it must outlast STALL_TIMEOUT_S"
     assert set(seen) == {200}
