@@ -145,8 +145,25 @@ def _serve(args) -> int:
     from app.server.keeper import KeeperPolicy, run_keeper
 
     _import_serving_code(settings)
+    try:
+        listener = _bind(settings.host, settings.port)
+    except OSError as exc:
+        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return 1
     policy = KeeperPolicy(final_statuses=frozenset({LOAD_FAILURE_EXIT_STATUS}))
-    return run_keeper(lambda serving, tell: _serve_forked(serving, args, tell), settings, policy)
+    return run_keeper(lambda serving, tell: _serve_forked(serving, args, tell, listener), settings, policy)
+
+
+def _bind(host: str, port: int):
+    """The port, bound here in the keeper and shared by every serving process it forks: once the first one has
+    listened, connections made while one is replaced wait in the backlog for the next instead of being refused."""
+    import socket
+
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.set_inheritable(True)
+    return listener
 
 
 def _import_serving_code(settings) -> None:
@@ -170,9 +187,10 @@ def _import_serving_code(settings) -> None:
     )  # fmt: skip
 
 
-def _serve_forked(settings, args, tell) -> int:
-    """One serving process: the model process first (forked, its code already imported), then the port.
-    ``tell`` hands the settings of a swapped-in model to the keeper, for the serving process after this one."""
+def _serve_forked(settings, args, tell, listener) -> int:
+    """One serving process: the model process first (forked, its code already imported), then the keeper's
+    ``listener``. ``tell`` hands the settings of a swapped-in model to the keeper, for the next serving process."""
+    from multiprocessing.util import register_after_fork
     from pathlib import Path
 
     import uvicorn
@@ -183,6 +201,8 @@ def _serve_forked(settings, args, tell) -> int:
     from app.service.head_start import HeadStart
     from app.settings import PROJECT_ROOT
 
+    # The model process forked next must not hold the port: frozen, it would keep a new keeper from binding it.
+    register_after_fork(listener, lambda sock: sock.close())
     loader = HeadStart(settings, fork_model=True)  # the model starts loading now, while the app is built
     server: uvicorn.Server | None = None
     failed: list[ChordError] = []
@@ -212,7 +232,7 @@ def _serve_forked(settings, args, tell) -> int:
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
     server = uvicorn.Server(config)
-    server.run()
+    server.run(sockets=[listener])
     return LOAD_FAILURE_EXIT_STATUS if failed else 0
 
 

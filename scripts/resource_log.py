@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +56,20 @@ class Counts:
 
     def _values(self) -> tuple[float, ...]:
         return (self.requests, self.ok, self.errors, self.latency_sum, self.latency_count)
+
+
+def serving_pid(pid: int | None, listens: Callable) -> int | None:
+    """The serving process, given a process that holds the listening socket: the keeper holds it too, so of
+    ``pid`` and its children, the child that listens (``listens(connection)``) if there is one."""
+    if pid is None:
+        return None
+    try:
+        for child in psutil.Process(pid).children():
+            if any(listens(conn) for conn in child.net_connections(kind="tcp")):
+                return child.pid
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pass
+    return pid
 
 
 def parse_counts(text: str) -> Counts:
@@ -122,14 +137,17 @@ class ResourceLog:
         self._last = Counts()
         psutil.cpu_percent(None)
 
+    def _listens(self, conn) -> bool:
+        return conn.status == psutil.CONN_LISTEN and bool(conn.laddr) and conn.laddr.port == self.port
+
     def server_process(self) -> psutil.Process | None:
-        """The process given by --pid, else the one listening on the port (None when none is)."""
+        """The process given by --pid, else the serving process listening on the port (None when none is)."""
         pid = self.pid
         if pid is None:
             try:
                 for conn in psutil.net_connections(kind="tcp"):
-                    if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == self.port and conn.pid:
-                        pid = conn.pid
+                    if self._listens(conn):
+                        pid = serving_pid(conn.pid, self._listens)
                         break
             except psutil.AccessDenied:
                 return None
