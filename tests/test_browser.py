@@ -7,6 +7,8 @@ import re
 import time
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -203,10 +205,15 @@ def test_the_page_says_the_model_is_loading_then_enables_find(browser, tiny_chec
     from live_server import start_server
     from playwright.sync_api import expect
 
-    # The model process imports torch itself (about 7 s here): a load long enough to see, as a 7B's weights are.
+    # The model process imports torch itself (about 7 s here), and is held there with SIGSTOP while the page is
+    # looked at: a load as long as a 7B's, whatever the machine's speed.
     live = start_server(tiny_checkpoint, tmp_path, PRELOAD_MODEL_CODE="false")
     try:
         assert live.wait_for_health(503, timeout_s=120, loading_ok=True)["status"] == "loading"
+        children = psutil.Process(live.serving_pid).children()
+        (model,) = [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+        model.suspend()
+        assert httpx.get(f"{live.url}/health", timeout=5).json()["status"] == "loading"
         page = new_page(browser)
         page.goto(live.url)
         go = page.locator("#chord-go")
@@ -214,6 +221,7 @@ def test_the_page_says_the_model_is_loading_then_enables_find(browser, tiny_chec
         expect(go).to_be_disabled()
         expect(go).to_contain_text("loading")
         page.screenshot(path=str(tmp_path / "chord-ui-loading.png"), full_page=True)
+        model.resume()
         # The page polls: once the model is ready it says what serves and enables the button, no reload.
         expect(page.locator("#chord-header")).to_contain_text("serving", timeout=120_000)
         expect(go).to_be_enabled()
