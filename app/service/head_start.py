@@ -1,9 +1,9 @@
-"""The first model load, begun before the server's heavy imports so the two overlap.
+"""The first model load, begun before the serving process builds its app so the two overlap.
 
-A server start is two slow things: importing the web stack (Gradio, a few seconds) and loading the
-model (the model process imports torch and transformers, then reads the weights). Started first,
-the load runs in its own thread and process while the main thread imports the rest: a restarted
-server answers again in the longer of the two instead of their sum.
+A serving process is forked from the keeper (``app/server/keeper.py``) with its code imported; what is
+left is building the app (Gradio's blocks, about half a second) and loading the model (its own process
+reads the weights). Started first, the load runs in its own thread and process while the main thread
+builds the app: the serving process answers in the longer of the two instead of their sum.
 """
 
 from __future__ import annotations
